@@ -1,0 +1,12 @@
+"""fundus2video: fluorescein angiography (FFA) videos from colour fundus photos (CF).
+
+A PyTorch Lightning framework around the Fundus2Video method (MICCAI 2024): an autoregressive
+pix2pixHD-style GAN guided by an unsupervised knowledge mask.
+"""
+
+import os
+
+# albumentations otherwise asks the network for updates when imported
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__version__ = "0.1.0"

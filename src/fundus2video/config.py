@@ -1,0 +1,243 @@
+"""Experiment configuration: one dataclass per component, merged with YAML and overrides.
+
+The schema below is the single source of truth for every key an experiment may set.
+`load_config` merges, in order: the dataclass defaults, the experiment YAML, then command-line
+overrides (`key=value` or `--key=value`, the form a wandb agent passes). OmegaConf's structured
+mode rejects unknown keys and wrong types; `ConfigError` turns that into one line that names
+the key and, for a typo, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant to be shown to the user as is."""
+
+
+@dataclass
+class PhantomConfig:
+    n_train: int = 48  # number of training cases (two eyes per patient)
+    n_val: int = 4  # validation cases
+    n_test: int = 4  # test cases
+    render_size: int = 0  # size the phantom is drawn at before ROI crop; 0 = data.size
+    seed: int = 0  # base seed of the phantom's anatomy
+
+
+@dataclass
+class DataConfig:
+    source: str = "phantom"  # where cases come from: "phantom" (procedural, in memory)
+    size: int = 512  # S: every image is cropped to its field of view and resized to S x S
+    n_frames: int = 12  # frames per video (T); the release draws <= 12 per case
+    km_threshold: float = 45.0 / 255.0  # knowledge mask: |early - late| > threshold (0..1 scale)
+    hflip: bool = True  # random horizontal flip of the whole case at train time
+    batch_size: int = 1  # videos per batch (the paper uses 1)
+    num_workers: int = 0  # DataLoader worker processes
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+
+
+@dataclass
+class GeneratorConfig:
+    ngf: int = 64  # filters of the first conv layer
+    n_downsample: int = 4  # stride-2 convolutions (and transposed convolutions)
+    n_blocks: int = 9  # residual blocks at the bottleneck
+    padding: str = "reflect"  # padding of the residual blocks: reflect | replicate | zero
+
+
+@dataclass
+class DiscriminatorConfig:
+    ndf: int = 64  # filters of the first conv layer
+    n_layers: int = 3  # stride-2 layers of each PatchGAN
+    num_d: int = 2  # scales of the multi-scale discriminator
+
+
+@dataclass
+class ModelConfig:
+    window: int = 3  # K: frames predicted per autoregressive step (frames as channels)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass
+class LossConfig:
+    # weights of the generator's terms (METHOD.md "Losses"); 0 switches a term off
+    gan: float = 2.0  # LSGAN adversarial term G_GAN
+    feat: float = 10.0  # discriminator feature matching
+    l1: float = 0.0  # plain L1 to the real frames (not in the paper; for quick CPU demos)
+
+
+@dataclass
+class RolloutConfig:
+    # scheduled sampling: for the first `ss_steps` training videos the previous frames are
+    # real or generated at random, the generated share growing every `ss_interval` videos
+    ss_steps: int = 1000
+    ss_interval: int = 100
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4  # Adam learning rate of G and D
+    beta1: float = 0.5
+    beta2: float = 0.999
+    epochs_constant: int = 10  # epochs at the initial learning rate
+    epochs_decay: int = 40  # epochs of linear decay to 0 (counted in generator steps)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: Any = "auto"  # number of devices or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ...
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    max_epochs: int = -1  # -1: epochs_constant + epochs_decay
+    # Lightning's meaning: a float is a fraction of the batches, an int a number of batches
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    fast_dev_run: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    root: str = "runs"  # run directories go to <root>/<name>/<timestamp>
+    project: str = "fundus2video"  # wandb project
+    group: str = ""  # wandb group ("" = none)
+    # auto (WANDB_MODE, else online with credentials, else offline) | online | offline | disabled
+    wandb: str = "auto"
+    n_samples: int = 2  # validation cases shown in sample videos and mask images
+    fps: int = 4  # frame rate of the sample videos
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "fundus2video"  # experiment name: run directory and wandb run name
+    seed: int = 7  # seeds python, numpy and torch (every rank)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, e.g. `model.generator.ngf`."""
+    keys = []
+    for name, value in node.items():
+        key = f"{prefix}{name}"
+        keys += _leaf_keys(value, key + ".") if isinstance(value, DictConfig) else [key]
+    return keys
+
+
+def nearest_key(key: str) -> str | None:
+    """The valid key a mistyped `key` most likely meant (same section preferred)."""
+    leaves = _leaf_keys(OmegaConf.structured(ExperimentConfig))
+    # a misspelt name, possibly in the wrong section: match the last name, same section first
+    last, section = key.split(".")[-1], key.split(".")[0]
+    by_last: dict[str, list[str]] = {}
+    for leaf in leaves:
+        by_last.setdefault(leaf.split(".")[-1], []).append(leaf)
+    names = difflib.get_close_matches(last, list(by_last), n=3, cutoff=0.75)
+    found = [leaf for name in names for leaf in by_last[name]]
+    found.sort(key=lambda leaf: leaf.split(".")[0] != section)
+    if found:
+        return found[0]
+    close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = getattr(err, "msg", str(err)).splitlines()[0]
+    if "not in struct" in msg or ("Key '" in msg and "not" in msg):
+        close = nearest_key(key)
+        hint = f"; did you mean '{close}'?" if close else ""
+        return ConfigError(f"{source}: unknown key '{key}'{hint}")
+    return ConfigError(f"{source}: bad value for '{key}': {msg}")
+
+
+def parse_overrides(args: list[str]) -> list[str]:
+    """Accept `key=value` and `--key=value` (wandb agents pass the latter)."""
+    out = []
+    for arg in args:
+        item = arg[2:] if arg.startswith("--") else arg
+        if "=" not in item:
+            raise ConfigError(f"override '{arg}' is not of the form key=value")
+        out.append(item)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- experiment YAML <- overrides, validated against `ExperimentConfig`."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"experiment file not found: {path}")
+        try:
+            yaml_cfg = OmegaConf.load(path)
+        except Exception as err:  # yaml syntax errors come in many types
+            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        try:
+            cfg = OmegaConf.merge(cfg, yaml_cfg)
+        except OmegaConfBaseException as err:
+            raise _explain(err, str(path)) from None
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(parse_overrides(overrides)))
+        except OmegaConfBaseException as err:
+            raise _explain(err, "override") from None
+    _check(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _check(cfg: DictConfig) -> None:
+    """Constraints between keys that types alone cannot express."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(cfg.data.source in ("phantom",),
+         f"data.source: unknown source '{cfg.data.source}' (expected: phantom)")
+    need(cfg.data.size >= 16, f"data.size: {cfg.data.size} is too small (>= 16)")
+    div = 2 ** cfg.model.generator.n_downsample
+    need(cfg.data.size % div == 0,
+         f"data.size: {cfg.data.size} must be divisible by 2**model.generator.n_downsample = {div}")
+    need(cfg.data.n_frames >= 2, "data.n_frames: need at least 2 frames (one to condition, one to predict)")
+    need(cfg.model.window >= 1, "model.window: K must be >= 1")
+    need(0.0 < cfg.data.km_threshold < 1.0, "data.km_threshold: expected a value in (0, 1)")
+    need(cfg.logging.wandb in ("auto", "online", "offline", "disabled"),
+         f"logging.wandb: '{cfg.logging.wandb}' is not one of auto, online, offline, disabled")
+    need(cfg.trainer.precision in ("32", "bf16-mixed", "16-mixed"),
+         f"trainer.precision: '{cfg.trainer.precision}' is not one of 32, bf16-mixed, 16-mixed")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = cfg.trainer[key]
+        need(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
+             f"trainer.{key}: expected a number >= 0 (int: batches, float: fraction), got {value!r}")
+    need(cfg.rollout.ss_interval > 0, "rollout.ss_interval: must be > 0")
+    need(cfg.optim.epochs_constant >= 0 and cfg.optim.epochs_decay >= 0,
+         "optim.epochs_constant/epochs_decay: must be >= 0")
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """Plain-data dict (for checkpoints: loadable with `weights_only`)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_plain(data: dict) -> DictConfig:
+    """Rebuild a validated config from `to_plain` output (e.g. a checkpoint's hparams)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

@@ -1,0 +1,185 @@
+"""`Fundus2VideoModule`: the Fundus2Video GAN as a LightningModule with manual optimization.
+
+One training batch is a set of whole videos. The module rolls them out window by window
+(`rollout.py`); every window is its own forward, generator step and discriminator step, so
+memory does not grow with the number of frames T (the method's memory-saving design).
+The window's previous frames are detached: no gradient flows from one window into another.
+
+Order inside a window follows the authors' release: both losses are computed against the
+same discriminator, then G steps, then D steps (D on the detached fake).
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from fundus2video.config import from_plain
+from fundus2video.losses import FeatureMatchingLoss, L1Loss, LSGANLoss
+from fundus2video.networks import GlobalGenerator, MultiscaleDiscriminator
+from fundus2video.rollout import cf_as_frames, previous_indices, real_share, rollout, target_indices
+
+
+class ConstantThenLinear:
+    """Learning-rate factor at generator step s: 1 for `constant` steps, then linear to 0 over
+    `decay` steps. A plain object (not a lambda) so LambdaLR saves its state in checkpoints."""
+
+    def __init__(self, constant: int = 0, decay: int = 0):
+        self.constant, self.decay = constant, decay
+
+    def __call__(self, step: int) -> float:
+        if step < self.constant:
+            return 1.0
+        if self.decay <= 0:
+            return 0.0 if self.constant > 0 else 1.0
+        return max(0.0, 1.0 - (step - self.constant) / self.decay)
+
+
+class Fundus2VideoModule(L.LightningModule):
+    """Owns the generator G, the discriminator D, the losses and the optimizers.
+
+    `config` is the experiment config as plain data (`config.to_plain`), so a checkpoint loads
+    anywhere with `weights_only` loading: `Fundus2VideoModule.load_from_checkpoint(path)`.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = cfg = from_plain(config)
+        self.automatic_optimization = False
+        k, g, d = cfg.model.window, cfg.model.generator, cfg.model.discriminator
+        # G sees the CF and the K previous frames; D sees the CF and K (real or fake) frames
+        self.generator = GlobalGenerator(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.padding)
+        self.discriminator = MultiscaleDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d)
+        self.gan_loss = LSGANLoss()
+        self.feat_loss = FeatureMatchingLoss(d.n_layers)
+        self.l1_loss = L1Loss()
+        self.val_metrics = torch.nn.ModuleDict({
+            "psnr": PeakSignalNoiseRatio(data_range=1.0),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+            # trivial baseline: every frame = the CF's green channel
+            "psnr_cf_green": PeakSignalNoiseRatio(data_range=1.0),
+            "ssim_cf_green": StructuralSimilarityIndexMeasure(data_range=1.0),
+        })
+        self.video_step = 0  # training videos seen: the clock of scheduled sampling
+        self.g_step = 0  # generator steps taken: the clock of the learning-rate schedule
+        self.lr_factor = ConstantThenLinear()
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, cf: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Generate frames 1..T-1 for CF photos (B, 3, H, W) in [-1, 1] -> (B, T-1, 1, H, W)."""
+        return rollout(self.generator, cf, n_frames, self.cfg.model.window)
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        betas = (o.beta1, o.beta2)
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=o.lr, betas=betas)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, betas=betas)
+        # both schedules advance once per generator step (see `_step_schedules`), never per
+        # Lightning `global_step`, which counts the steps of both optimizers
+        return ([opt_g, opt_d],
+                [{"scheduler": LambdaLR(opt, self.lr_factor), "interval": "step"} for opt in (opt_g, opt_d)])
+
+    def on_train_start(self) -> None:
+        """Turn the epoch budget into generator steps: batches x windows per video."""
+        dm = getattr(self.trainer, "datamodule", None)
+        windows = dm.windows_per_video() if hasattr(dm, "windows_per_video") else self.cfg.data.n_frames - 1
+        per_epoch = max(1, round(self.trainer.num_training_batches * windows))
+        self.lr_factor.constant = self.cfg.optim.epochs_constant * per_epoch
+        self.lr_factor.decay = self.cfg.optim.epochs_decay * per_epoch
+
+    def _step_schedules(self) -> None:
+        self.g_step += 1
+        for sched in self.lr_schedulers():
+            sched.step()
+
+    # ------------------------------------------------------------------ losses
+    def _d_losses(self, pred_real, pred_fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D: 1/2 (LSGAN(real, 1) + LSGAN(fake, 0))."""
+        parts = {"d_real": self.gan_loss(pred_real, True), "d_fake": self.gan_loss(pred_fake, False)}
+        return 0.5 * (parts["d_real"] + parts["d_fake"]), parts
+
+    def _g_losses(self, fake, target, pred_fake, pred_real) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G: weighted sum of the enabled terms; each term is logged unweighted."""
+        w = self.cfg.loss
+        parts = {"g_gan": self.gan_loss(pred_fake, True)}
+        if w.feat > 0:
+            parts["g_feat"] = self.feat_loss(pred_fake, pred_real)
+        if w.l1 > 0:
+            parts["g_l1"] = self.l1_loss(fake, target)
+        weights = {"g_gan": w.gan, "g_feat": w.feat, "g_l1": w.l1}
+        return sum(weights[name] * value for name, value in parts.items()), parts
+
+    # ------------------------------------------------------------------ training
+    def _window_step(self, cf, prev, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One window: G forward, both losses, G step, D step. Returns the fake and the terms."""
+        opt_g, opt_d = self.optimizers()
+        fake = self.generator(torch.cat([cf, prev], dim=1))  # (B, K, H, W)
+        real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
+        pred_real = self.discriminator(real_in)
+        g_total, g_parts = self._g_losses(fake, target, self.discriminator(fake_in), pred_real)
+        d_total, d_parts = self._d_losses(pred_real, self.discriminator(fake_in.detach()))
+
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_total)
+        opt_g.step()
+        opt_d.zero_grad(set_to_none=True)  # drops what the G loss left in D's gradients
+        self.manual_backward(d_total)
+        opt_d.step()
+        self._step_schedules()
+        parts = {**g_parts, **d_parts, "g_total": g_total, "d_total": d_total}
+        return fake.detach(), {k: v.detach() for k, v in parts.items()}
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        cf, video = batch["cf"], batch["frames"][:, :, 0]  # (B, 3, H, W), (B, T, H, W)
+        n_frames, k = video.shape[1], self.cfg.model.window
+        p_real = real_share(self.video_step, self.cfg.rollout.ss_steps, self.cfg.rollout.ss_interval)
+        sums: dict[str, torch.Tensor] = {}
+        prev = cf_as_frames(cf, k)
+        for n in range(n_frames - 1):
+            if n > 0 and random.random() < p_real:
+                prev = video[:, previous_indices(n, n_frames, k)]
+            target = video[:, target_indices(n, n_frames, k)]
+            prev, parts = self._window_step(cf, prev, target)
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value
+        self.video_step += 1
+        logs = {f"train/{name}": value / (n_frames - 1) for name, value in sums.items()}
+        logs.update({"train/lr": self.optimizers()[0].param_groups[0]["lr"], "train/real_share": p_real,
+                     "train/g_step": float(self.g_step)})
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=cf.shape[0])
+        self.log_dict({"g": logs["train/g_total"], "d": logs["train/d_total"]}, prog_bar=True,
+                      logger=False, on_step=True, batch_size=cf.shape[0])
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        cf, frames = batch["cf"], batch["frames"]
+        fake = self(cf, frames.shape[1])  # (B, T-1, 1, H, W)
+        real01 = (frames[:, 1:].float() + 1) / 2
+        fake01 = (fake + 1) / 2
+        base01 = ((cf[:, 1:2].float() + 1) / 2).unsqueeze(1).expand_as(real01)
+        flat = lambda x: x.flatten(0, 1)  # noqa: E731  (B, T-1, 1, H, W) -> (B*(T-1), 1, H, W)
+        self.val_metrics["psnr"].update(flat(fake01), flat(real01))
+        self.val_metrics["ssim"].update(flat(fake01), flat(real01))
+        self.val_metrics["psnr_cf_green"].update(flat(base01), flat(real01))
+        self.val_metrics["ssim_cf_green"].update(flat(base01), flat(real01))
+        return {"fake": fake}
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            self.log(f"val/{name}", metric.compute(), prog_bar=name == "psnr", sync_dist=False)
+            metric.reset()
+
+    # ------------------------------------------------------------------ checkpoint state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["fundus2video"] = {"video_step": self.video_step, "g_step": self.g_step}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("fundus2video", {})
+        self.video_step = int(state.get("video_step", 0))
+        self.g_step = int(state.get("g_step", 0))

@@ -1,0 +1,130 @@
+"""`fundus2video train`: build the run directory, loggers and callbacks, then fit.
+
+A run directory `<logging.root>/<name>/<YYYYmmdd-HHMMSS>` receives:
+  config.yaml              the resolved experiment (every key, after overrides)
+  checkpoints/last.ckpt    the latest checkpoint (plain-data hparams: loads with weights_only)
+  metrics.csv              every logged scalar (CSV logger, always on)
+  wandb/                   the wandb run (offline unless configured otherwise)
+  knowledge_masks.png      CF | knowledge mask and field of view overlay | mask, val cases
+  samples/*.mp4, *.gif     CF | real FFA | generated FFA, each validation; `last.*` the newest
+`<logging.root>/<name>/latest` points at the newest run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from fundus2video.callbacks import KnowledgeMaskLogger, SampleVideoLogger
+from fundus2video.config import to_plain
+from fundus2video.data_modules import Fundus2VideoDataModule
+from fundus2video.module import Fundus2VideoModule
+from fundus2video.video_io import atomic_path
+
+log = logging.getLogger("fundus2video")
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """A fresh, never reused run directory; `latest` is repointed to it."""
+    base = Path(cfg.logging.root) / cfg.name
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, i = base / stamp, 1
+    while run_dir.exists():
+        run_dir, i = base / f"{stamp}-{i}", i + 1
+    run_dir.mkdir(parents=True)
+    latest = base / "latest"
+    if latest.is_symlink() or not latest.exists():
+        tmp = base / f".latest.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name)
+        os.replace(tmp, latest)
+    return run_dir
+
+
+def write_config(cfg: DictConfig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def wandb_mode(setting: str) -> str:
+    """online | offline | disabled. `auto`: WANDB_MODE if set, else online only with credentials."""
+    if setting != "auto":
+        return setting
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not has_key and netrc.is_file():
+        has_key = "api.wandb.ai" in netrc.read_text(errors="ignore")
+    return "online" if has_key else "offline"
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    """CSV always; wandb unless disabled. A wandb that cannot start falls back to offline."""
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    mode = wandb_mode(cfg.logging.wandb)
+    if mode == "disabled":
+        return loggers
+    kwargs = dict(project=cfg.logging.project, name=f"{cfg.name}-{run_dir.name}",
+                  group=cfg.logging.group or None, save_dir=str(run_dir),
+                  config=to_plain(cfg))
+    try:
+        wb = WandbLogger(mode=mode, **kwargs)
+        wb.experiment  # start now, so a broken server shows here and not mid-training  # noqa: B018
+    except Exception as err:  # wandb raises many types; training must go on regardless
+        if mode == "offline":
+            log.warning("wandb could not start (%s); logging to CSV only", err)
+            return loggers
+        log.warning("wandb could not start online (%s); logging offline", err)
+        wb = WandbLogger(mode="offline", **kwargs)
+    return loggers + [wb]
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None = None,
+                  loggers: list[Logger] | bool = False) -> L.Trainer:
+    t = cfg.trainer
+    max_epochs = t.max_epochs if t.max_epochs >= 0 else cfg.optim.epochs_constant + cfg.optim.epochs_decay
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run,
+        enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
+        default_root_dir=str(run_dir) if run_dir else None, logger=loggers,
+        callbacks=callbacks or [], enable_checkpointing=run_dir is not None,
+    )
+
+
+def quiet_known_warnings() -> None:
+    """Lightning's advice that does not apply here (small CPU demo datasets)."""
+    for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                    ".*LeafSpec.*", ".*treespec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train the experiment `cfg`; returns its run directory."""
+    quiet_known_warnings()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    write_config(cfg, run_dir / "config.yaml")
+    log.info("run directory: %s", run_dir)
+    callbacks = [
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+        KnowledgeMaskLogger(run_dir, cfg.logging.n_samples),
+        SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),
+    ]
+    trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir))
+    trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=Fundus2VideoDataModule(to_plain(cfg.data)))
+    return run_dir

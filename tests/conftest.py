@@ -1,0 +1,30 @@
+"""Shared fixtures: the real experiment configs with tiny overrides, so tests run in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ["WANDB_MODE"] = "disabled"  # tests that need wandb set their own mode
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from fundus2video.config import load_config  # noqa: E402
+
+TINY = [
+    "data.size=32", "data.n_frames=4", "data.phantom.n_train=2", "data.phantom.n_val=1",
+    "data.phantom.n_test=1", "data.phantom.render_size=64", "data.num_workers=0",
+    "model.generator.ngf=8", "model.generator.n_downsample=2", "model.generator.n_blocks=1",
+    "model.discriminator.ndf=8", "model.discriminator.n_layers=2",
+    "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
+    "logging.wandb=disabled", "logging.n_samples=1",
+]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """tiny(*overrides): the smoke experiment shrunk to 32 x 32, 4 frames, 2 training cases."""
+    def make(*extra: str):
+        return load_config("experiments/smoke.yaml", [*TINY, f"logging.root={tmp_path / 'runs'}", *extra])
+    return make

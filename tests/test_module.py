@@ -1,0 +1,89 @@
+"""The LightningModule: updates, schedules counted in generator steps, fast_dev_run."""
+
+import lightning as L
+import pytest
+import torch
+from fundus2video.data_modules import Fundus2VideoDataModule
+
+from fundus2video.cli import main
+from fundus2video.config import to_plain
+from fundus2video.module import ConstantThenLinear, Fundus2VideoModule
+from fundus2video.train import build_trainer
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+class _Spy(L.Callback):
+    """Snapshots G and D at batch start, right before each optimizer step, and at batch end."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.start = (_snapshot(pl_module.generator), _snapshot(pl_module.discriminator))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        first = optimizer.param_groups[0]["params"][0]
+        which = "d" if first is next(pl_module.discriminator.parameters()) else "g"
+        self.steps.append((which, _snapshot(pl_module.generator), _snapshot(pl_module.discriminator)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end = (_snapshot(pl_module.generator), _snapshot(pl_module.discriminator))
+
+
+def _fit(cfg, callbacks=()):
+    module = Fundus2VideoModule(to_plain(cfg))
+    trainer = build_trainer(cfg, None, list(callbacks))
+    trainer.fit(module, datamodule=Fundus2VideoDataModule(to_plain(cfg.data)))
+    return module, trainer
+
+
+def test_one_window_changes_g_and_d_and_the_d_step_leaves_g(tiny):
+    # two frames = one window: G step then D step
+    cfg = tiny("data.n_frames=2", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=0")
+    spy = _Spy()
+    _fit(cfg, [spy])
+    assert [s[0] for s in spy.steps] == ["g", "d"]
+    (_, g_before_d, d_before_d) = spy.steps[1]
+    g_start, d_start = spy.start
+    g_end, d_end = spy.end
+    assert _changed(g_start, g_before_d)  # the G step changed G ...
+    assert not _changed(d_start, d_before_d)  # ... and not D
+    assert not _changed(g_before_d, g_end)  # the D step left G unchanged ...
+    assert _changed(d_before_d, d_end)  # ... and changed D
+
+
+def test_learning_rate_schedule_counts_generator_steps(tiny):
+    # 2 videos per epoch x 3 windows = 6 generator steps an epoch; 1 constant + 2 decay epochs
+    cfg = tiny("data.n_frames=4", "optim.epochs_constant=1", "optim.epochs_decay=2",
+        "trainer.max_epochs=2", "trainer.limit_val_batches=0")
+    module, trainer = _fit(cfg)
+    assert module.g_step == 12 and module.video_step == 4
+    assert trainer.global_step == 24  # Lightning counts the steps of both optimizers
+    for opt in trainer.optimizers:  # factor(12) = 1 - (12 - 6) / 12
+        assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * 0.5)
+
+
+def test_constant_then_linear():
+    f = ConstantThenLinear(constant=4, decay=4)
+    assert [f(s) for s in (0, 3, 4, 6, 8, 20)] == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_fast_dev_run_of_smoke(tmp_path):
+    assert main(["train", "smoke", "trainer.fast_dev_run=true", "logging.wandb=disabled",
+                 f"logging.root={tmp_path}", "trainer.enable_progress_bar=false"]) == 0
+
+
+def test_validation_rollout_logs_psnr_ssim_and_baseline(tiny):
+    cfg = tiny("trainer.max_epochs=1")
+    _, trainer = _fit(cfg)
+    logged = trainer.callback_metrics
+    for key in ("val/psnr", "val/ssim", "val/psnr_cf_green", "val/ssim_cf_green"):
+        assert key in logged and torch.isfinite(logged[key])
