@@ -67,7 +67,7 @@ class SampleVideoLogger(_FirstCases):
         self.fps = fps
 
     def keep(self, batch, outputs, i):
-        return {"cf": batch["cf"][i].cpu(), "real": batch["frames"][i, 1:].cpu(),
+        return {"cf": batch["cf"][i].cpu(), "real": batch["frames"][i].cpu(),
                 "fake": outputs["fake"][i].cpu()}
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

@@ -15,6 +15,7 @@ from fundus2video.data_modules.phantom import make_case
 from torch.utils.data import Dataset
 
 from fundus2video.knowledge import KM_THRESHOLD, knowledge_mask, prepare_case
+from fundus2video.rollout import num_windows
 
 # Phantom case indices of each split start far apart, so no patient (index // 2) is shared.
 SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -70,5 +71,5 @@ class PhantomVideoDataset(Dataset):
         return to_sample(*self._cache[i], km_threshold=self.km_threshold, hflip=flip)
 
     def windows_per_video(self) -> float:
-        """Mean generator steps per video (T - 1 windows), for step-counted schedules."""
-        return float(self.n_frames - 1)
+        """Mean generator steps per video (one window per frame), for step-counted schedules."""
+        return float(num_windows(self.n_frames))

@@ -45,29 +45,30 @@ def _fit(cfg, callbacks=()):
 
 
 def test_one_window_changes_g_and_d_and_the_d_step_leaves_g(tiny):
-    # two frames = one window: G step then D step
+    # two frames = two windows, each a G step then a D step
     cfg = tiny("data.n_frames=2", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=0")
     spy = _Spy()
     _fit(cfg, [spy])
-    assert [s[0] for s in spy.steps] == ["g", "d"]
-    (_, g_before_d, d_before_d) = spy.steps[1]
+    assert [s[0] for s in spy.steps] == ["g", "d", "g", "d"]
     g_start, d_start = spy.start
-    g_end, d_end = spy.end
+    _, g_before_d, d_before_d = spy.steps[1]  # after the first G step, before the D step
+    _, g_after_d, d_after_d = spy.steps[2]  # after the D step, before the next G step
     assert _changed(g_start, g_before_d)  # the G step changed G ...
     assert not _changed(d_start, d_before_d)  # ... and not D
-    assert not _changed(g_before_d, g_end)  # the D step left G unchanged ...
-    assert _changed(d_before_d, d_end)  # ... and changed D
+    assert not _changed(g_before_d, g_after_d)  # the D step left G unchanged ...
+    assert _changed(d_before_d, d_after_d)  # ... and changed D
+    assert _changed(g_start, spy.end[0]) and _changed(d_start, spy.end[1])
 
 
 def test_learning_rate_schedule_counts_generator_steps(tiny):
-    # 2 videos per epoch x 3 windows = 6 generator steps an epoch; 1 constant + 2 decay epochs
+    # 2 videos per epoch x 4 windows = 8 generator steps an epoch; 1 constant + 2 decay epochs
     cfg = tiny("data.n_frames=4", "optim.epochs_constant=1", "optim.epochs_decay=2",
         "trainer.max_epochs=2", "trainer.limit_val_batches=0")
     module, trainer = _fit(cfg)
-    assert module.g_step == 12 and module.video_step == 4
-    assert trainer.global_step == 24  # Lightning counts the steps of both optimizers
-    for opt in trainer.optimizers:  # factor(12) = 1 - (12 - 6) / 12
+    assert module.g_step == 16 and module.video_step == 4
+    assert trainer.global_step == 32  # Lightning counts the steps of both optimizers
+    for opt in trainer.optimizers:  # factor(16) = 1 - (16 - 8) / 16
         assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * 0.5)
 
 

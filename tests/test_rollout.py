@@ -1,14 +1,22 @@
 import pytest
 import torch
 
-from fundus2video.rollout import cf_as_frames, previous_indices, real_share, rollout, target_indices
+from fundus2video.rollout import (
+    cf_as_frames,
+    num_windows,
+    previous_indices,
+    real_share,
+    rollout,
+    target_indices,
+)
 
 
 def test_window_indices_follow_the_release():
-    # T = 5, K = 3: window n predicts n+1..n+3 clamped at 4; real "previous" frames n..n+2
-    assert [target_indices(n, 5, 3) for n in range(4)] == [[1, 2, 3], [2, 3, 4], [3, 4, 4], [4, 4, 4]]
-    assert previous_indices(2, 5, 3) == [2, 3, 4]
-    assert previous_indices(3, 5, 3) == [3, 4, 4]
+    # The release's sequence is [CF, f0..f3] (T = 4): window n predicts f_n..f_{n+2} clamped at
+    # f_3, and its real "previous" frames are what window n-1 predicted
+    assert num_windows(4) == 4
+    assert [target_indices(n, 4, 3) for n in range(4)] == [[0, 1, 2], [1, 2, 3], [2, 3, 3], [3, 3, 3]]
+    assert [previous_indices(n, 4, 3) for n in range(1, 4)] == [[0, 1, 2], [1, 2, 3], [2, 3, 3]]
 
 
 def test_cf_as_frames():
@@ -33,9 +41,9 @@ def test_rollout_averages_overlapping_windows_and_feeds_outputs_back():
         return torch.full((x.shape[0], 3, *x.shape[2:]), float(n))
 
     cf = torch.randn(1, 3, 4, 4)
-    out = rollout(generator, cf, n_frames=5, window=3)
+    out = rollout(generator, cf, n_frames=4, window=3)
     assert out.shape == (1, 4, 1, 4, 4)
-    # frame f (1..4) is predicted by windows max(0, f-3) .. f-1 (clamped duplicates ignored)
+    # frame f is predicted by windows max(0, f-2) .. f (clamped duplicates ignored)
     expected = [0.0, (0 + 1) / 2, (0 + 1 + 2) / 3, (1 + 2 + 3) / 3]
     assert out[0, :, 0, 0, 0].tolist() == pytest.approx(expected)
     assert torch.equal(calls[0], cf)  # first window conditioned on the CF

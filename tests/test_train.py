@@ -26,7 +26,7 @@ def test_train_writes_run_directory_and_checkpoint_loads_in_fresh_process(tiny, 
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
     assert (run_dir / "knowledge_masks.png").stat().st_size > 0
     video = read_video(run_dir / "samples" / "last.mp4")
-    assert video.shape[0] == 4  # frames 1..T-1 of T = 5
+    assert video.shape[0] == 5  # every frame of T = 5
     assert (run_dir / "samples" / "last.gif").is_file()
     assert (run_dir / "samples" / "epoch_001.mp4").is_file()
 
@@ -46,9 +46,9 @@ def test_train_writes_run_directory_and_checkpoint_loads_in_fresh_process(tiny, 
     torch.manual_seed(0)
     cf = torch.rand(1, 3, 32, 32) * 2 - 1
     expected = module(cf, 5)
-    assert expected.shape == (1, 4, 1, 32, 32)
+    assert expected.shape == (1, 5, 1, 32, 32)
     assert torch.equal(torch.load(out), expected)
-    assert module.g_step == 2 * 2 * 4  # epochs x videos x windows, restored from the checkpoint
+    assert module.g_step == 2 * 2 * 5  # epochs x videos x windows, restored from the checkpoint
 
 
 def test_wandb_disabled_writes_no_wandb_dir(tiny):

@@ -21,7 +21,14 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from fundus2video.config import from_plain
 from fundus2video.losses import FeatureMatchingLoss, L1Loss, LSGANLoss
 from fundus2video.networks import GlobalGenerator, MultiscaleDiscriminator
-from fundus2video.rollout import cf_as_frames, previous_indices, real_share, rollout, target_indices
+from fundus2video.rollout import (
+    cf_as_frames,
+    num_windows,
+    previous_indices,
+    real_share,
+    rollout,
+    target_indices,
+)
 
 
 class ConstantThenLinear:
@@ -71,7 +78,7 @@ class Fundus2VideoModule(L.LightningModule):
 
     # ------------------------------------------------------------------ inference
     def forward(self, cf: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """Generate frames 1..T-1 for CF photos (B, 3, H, W) in [-1, 1] -> (B, T-1, 1, H, W)."""
+        """Generate T frames for CF photos (B, 3, H, W) in [-1, 1] -> (B, T, 1, H, W)."""
         return rollout(self.generator, cf, n_frames, self.cfg.model.window)
 
     # ------------------------------------------------------------------ optimizers
@@ -88,7 +95,8 @@ class Fundus2VideoModule(L.LightningModule):
     def on_train_start(self) -> None:
         """Turn the epoch budget into generator steps: batches x windows per video."""
         dm = getattr(self.trainer, "datamodule", None)
-        windows = dm.windows_per_video() if hasattr(dm, "windows_per_video") else self.cfg.data.n_frames - 1
+        windows = (dm.windows_per_video() if hasattr(dm, "windows_per_video")
+                   else num_windows(self.cfg.data.n_frames))
         per_epoch = max(1, round(self.trainer.num_training_batches * windows))
         self.lr_factor.constant = self.cfg.optim.epochs_constant * per_epoch
         self.lr_factor.decay = self.cfg.optim.epochs_decay * per_epoch
@@ -141,7 +149,7 @@ class Fundus2VideoModule(L.LightningModule):
         p_real = real_share(self.video_step, self.cfg.rollout.ss_steps, self.cfg.rollout.ss_interval)
         sums: dict[str, torch.Tensor] = {}
         prev = cf_as_frames(cf, k)
-        for n in range(n_frames - 1):
+        for n in range(num_windows(n_frames)):
             if n > 0 and random.random() < p_real:
                 prev = video[:, previous_indices(n, n_frames, k)]
             target = video[:, target_indices(n, n_frames, k)]
@@ -149,7 +157,7 @@ class Fundus2VideoModule(L.LightningModule):
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
         self.video_step += 1
-        logs = {f"train/{name}": value / (n_frames - 1) for name, value in sums.items()}
+        logs = {f"train/{name}": value / num_windows(n_frames) for name, value in sums.items()}
         logs.update({"train/lr": self.optimizers()[0].param_groups[0]["lr"], "train/real_share": p_real,
                      "train/g_step": float(self.g_step)})
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=cf.shape[0])
@@ -159,11 +167,11 @@ class Fundus2VideoModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         cf, frames = batch["cf"], batch["frames"]
-        fake = self(cf, frames.shape[1])  # (B, T-1, 1, H, W)
-        real01 = (frames[:, 1:].float() + 1) / 2
+        fake = self(cf, frames.shape[1])  # (B, T, 1, H, W)
+        real01 = (frames.float() + 1) / 2
         fake01 = (fake + 1) / 2
         base01 = ((cf[:, 1:2].float() + 1) / 2).unsqueeze(1).expand_as(real01)
-        flat = lambda x: x.flatten(0, 1)  # noqa: E731  (B, T-1, 1, H, W) -> (B*(T-1), 1, H, W)
+        flat = lambda x: x.flatten(0, 1)  # noqa: E731  (B, T, 1, H, W) -> (B*T, 1, H, W)
         self.val_metrics["psnr"].update(flat(fake01), flat(real01))
         self.val_metrics["ssim"].update(flat(fake01), flat(real01))
         self.val_metrics["psnr_cf_green"].update(flat(base01), flat(real01))
