@@ -8,7 +8,7 @@ ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train config test test-all lint clean
+.PHONY: help install train config demo-data data-check bench test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,21 @@ train: install ## train an experiment: make train [EXP=smoke] [ARGS="key=value .
 
 config: install ## print an experiment's resolved configuration: make config EXP=... [ARGS=...]
 	@$(PY) -m fundus2video config $(EXP) $(ARGS)
+
+demo-data: install ## write the phantom to demo_data/ as case folders (mp4 and png layouts)
+	$(PY) -m fundus2video data phantom --out demo_data/phantom --cases 56 --size 128 --frames 8 --video mp4
+	$(PY) -m fundus2video data phantom --out demo_data/phantom_png --cases 56 --size 128 --frames 8 --video png
+
+data-check: install ## read every case of DATA (a folder or manifest CSV) and list bad ones: make data-check DATA=...
+	@$(PY) -m fundus2video data check $(DATA) $(ARGS)
+
+bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/results.json
+	@set -e; echo "{" > benchmarks/results.json.tmp; first=1; \
+	for f in benchmarks/*.py; do name=$$(basename $$f .py); echo "running $$f" >&2; \
+	  [ $$first = 1 ] || echo "," >> benchmarks/results.json.tmp; first=0; \
+	  printf '"%s": ' $$name >> benchmarks/results.json.tmp; $(PY) $$f >> benchmarks/results.json.tmp; done; \
+	echo "}" >> benchmarks/results.json.tmp; mv benchmarks/results.json.tmp benchmarks/results.json; \
+	cat benchmarks/results.json
 
 test: install ## run the test suite (what CI runs)
 	$(PY) -m pytest -q

@@ -1,30 +1,96 @@
-"""`Fundus2VideoDataModule`: train/val/test loaders of paired CF photos and FFA videos."""
+"""`Fundus2VideoDataModule`: train/val/test loaders of paired CF photos and FFA videos.
+
+For data on disk, `setup` lists the cases, splits them by patient (or reads a given
+`split.csv`), writes `split.csv` into the run directory, and checks every case the way
+training reads it: bad cases stop training with a list of reasons, or are left out and
+listed when `data.skip_bad_cases` is set.
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import lightning as L
-from fundus2video.data_modules.datasets import PhantomVideoDataset
-from torch.utils.data import DataLoader
+from fundus2video.data_modules.cases import CaseRecord, folder_records, manifest_records
+from fundus2video.data_modules.check import bad_cases_message, check_records
+from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
+from fundus2video.data_modules.splits import SPLITS, check_disjoint, read_split, split_by_patient, write_split
+from fundus2video.data_modules.transforms import PairedTransform
+from torch.utils.data import DataLoader, Dataset
+
+from fundus2video.config import AugmentConfig
+from fundus2video.errors import DataError
+
+log = logging.getLogger("fundus2video")
+
+
+def list_records(data: dict) -> list[CaseRecord]:
+    """The cases of a `folders` or `manifest` data source."""
+    if data["source"] == "folders":
+        return folder_records(data["root"])
+    m = data["manifest"]
+    return manifest_records(data["root"], m["columns"], m["drop_phases"], m["merge_phases"])
 
 
 class Fundus2VideoDataModule(L.LightningDataModule):
-    """Serves the configured data source; `data` is the `data` section of the experiment."""
+    """Serves the configured data source; `data` is the experiment's `data` section (plain
+    dict), `min_frames` the fewest frames a case needs (window K + 1), `run_dir` where
+    `split.csv` is written."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, min_frames: int = 2, run_dir: str | Path | None = None):
         super().__init__()
-        self.cfg = data
-        self.datasets: dict[str, PhantomVideoDataset] = {}
+        self.cfg, self.min_frames = data, min_frames
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.datasets: dict[str, Dataset] = {}
 
-    def _make(self, split: str) -> PhantomVideoDataset:
+    def _transform(self, split: str) -> PairedTransform:
+        train = split == "train" and self.cfg["augment_train"]
+        return PairedTransform(self.cfg["size"], train=train, cfg=AugmentConfig(**self.cfg["augment"]))
+
+    def _phantom(self) -> dict[str, Dataset]:
         cfg, ph = self.cfg, self.cfg["phantom"]
-        return PhantomVideoDataset(split, ph[f"n_{split}"], cfg["size"], cfg["n_frames"], ph["seed"],
-                                   ph["render_size"], cfg["km_threshold"],
-                                   hflip=cfg["hflip"] and split == "train")
+        return {s: PhantomVideoDataset(s, ph[f"n_{s}"], cfg["size"], cfg["n_frames"], ph["seed"],
+                                       ph["render_size"], cfg["km_threshold"], self._transform(s))
+                for s in SPLITS}
+
+    def _files(self) -> dict[str, Dataset]:
+        cfg = self.cfg
+        records = list_records(cfg)
+        if cfg["check"]:
+            reports = check_records(records, cfg["size"], self.min_frames, cfg["manifest"]["per_phase"],
+                                    cfg["n_frames"], cfg["km_threshold"])
+            bad = {r.case_id for r in reports if not r.ok}
+            if bad and not cfg["skip_bad_cases"]:
+                raise DataError(f"{cfg['root']}: {bad_cases_message(reports)}\n"
+                                "(fix them, or set data.skip_bad_cases=true to leave them out)")
+            if bad:
+                log.warning("leaving out %s", bad_cases_message(reports))
+                records = [r for r in records if r.case_id not in bad]
+        patients = {r.case_id: r.patient_id for r in records}
+        split_cfg = cfg["split"]
+        if split_cfg["file"]:
+            split = read_split(split_cfg["file"], patients)
+        else:
+            split = split_by_patient(patients, tuple(split_cfg["fractions"]), split_cfg["seed"])
+        check_disjoint(patients, split)
+        if self.run_dir is not None:
+            write_split(self.run_dir / "split.csv", patients, split)
+        out = {}
+        for s in SPLITS:
+            recs = [r for r in records if split[r.case_id] == s]
+            out[s] = FileVideoDataset(recs, cfg["size"], cfg["n_frames"], cfg["manifest"]["per_phase"],
+                                      train=s == "train", transform=self._transform(s),
+                                      km_threshold=cfg["km_threshold"])
+        sizes = {s: len(d) for s, d in out.items()}
+        log.info("cases per split: %s", sizes)
+        if sizes["train"] == 0:
+            raise DataError(f"{cfg['root']}: no training cases after the split {sizes}")
+        return out
 
     def setup(self, stage: str | None = None) -> None:
-        for split in ("train", "val", "test"):
-            if split not in self.datasets:
-                self.datasets[split] = self._make(split)
+        if not self.datasets:
+            self.datasets = self._phantom() if self.cfg["source"] == "phantom" else self._files()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

@@ -1,6 +1,9 @@
 """Datasets that serve paired CF photos and FFA videos as training samples.
 
-Every dataset returns the same sample dict (the batch layout of DESIGN.md):
+Every case, phantom or real, goes through the same steps: read (cases.py) -> field of view,
+zero outside, crop to the ROI box (knowledge.py) -> paired transform to S x S (augmented at
+train time, a plain resize otherwise; transforms.py) -> knowledge mask from the first and
+last frame -> tensors. Every dataset returns the same sample dict (DESIGN.md's batch layout):
   cf (3, S, S) float in [-1, 1] | frames (T, 1, S, S) float in [-1, 1] (FFA green channel)
   km (1, S, S) knowledge mask {0, 1} | roi (1, S, S) field of view {0, 1}
   lesion (1, S, S) lesion mask {0, 1} (all zeros when unknown) | times (T,) seconds
@@ -11,11 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fundus2video.data_modules.cases import CaseRecord, RawCase, load_case, select_frames
 from fundus2video.data_modules.phantom import make_case
+from fundus2video.data_modules.transforms import PairedTransform
 from torch.utils.data import Dataset
 
-from fundus2video.knowledge import KM_THRESHOLD, knowledge_mask, prepare_case
-from fundus2video.rollout import num_windows
+from fundus2video.knowledge import KM_THRESHOLD, crop_to_roi, knowledge_mask
 
 # Phantom case indices of each split start far apart, so no patient (index // 2) is shared.
 SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -23,7 +27,7 @@ SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 def to_sample(cf: np.ndarray, frames: np.ndarray, roi: np.ndarray, lesion: np.ndarray | None,
               times: np.ndarray, case_id: str, patient_id: str,
-              km_threshold: float = KM_THRESHOLD, hflip: bool = False) -> dict:
+              km_threshold: float = KM_THRESHOLD) -> dict:
     """Prepared uint8 arrays (cf (S,S,3), frames (T,S,S), masks (S,S)) -> the sample dict."""
     cf_t = torch.from_numpy(np.ascontiguousarray(cf)).permute(2, 0, 1).float() / 127.5 - 1.0
     frames_t = torch.from_numpy(np.ascontiguousarray(frames)).float().unsqueeze(1) / 127.5 - 1.0
@@ -31,45 +35,85 @@ def to_sample(cf: np.ndarray, frames: np.ndarray, roi: np.ndarray, lesion: np.nd
     roi_t = torch.from_numpy(np.ascontiguousarray(roi)).float().unsqueeze(0)
     lesion_t = (torch.zeros_like(roi_t) if lesion is None
                 else torch.from_numpy(np.ascontiguousarray(lesion)).float().unsqueeze(0))
-    sample = {"cf": cf_t, "frames": frames_t, "km": km, "roi": roi_t, "lesion": lesion_t}
-    if hflip:
-        sample = {k: v.flip(-1) for k, v in sample.items()}
-    sample.update(times=torch.as_tensor(times, dtype=torch.float32), case_id=case_id,
-                  patient_id=patient_id)
-    return sample
+    return {"cf": cf_t, "frames": frames_t, "km": km, "roi": roi_t, "lesion": lesion_t,
+            "times": torch.as_tensor(times, dtype=torch.float32), "case_id": case_id,
+            "patient_id": patient_id}
 
 
-class PhantomVideoDataset(Dataset):
-    """The procedural phantom (data_modules/phantom.py), prepared exactly like real data.
+def _torch_rng() -> np.random.Generator:
+    """A numpy generator drawn from torch's RNG, so Lightning's worker seeding governs it."""
+    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
 
-    Each case is drawn at `render_size`, then goes through the release's preprocessing
-    (field of view, zero outside, crop to the ROI box, resize to `size`).
-    """
+
+class _CaseDataset(Dataset):
+    """Shared pipeline: subclasses say how to read case i (`raw`)."""
+
+    def __init__(self, size: int, train: bool, transform: PairedTransform,
+                 km_threshold: float = KM_THRESHOLD):
+        self.size, self.train, self.transform, self.km_threshold = size, train, transform, km_threshold
+
+    def raw(self, i: int) -> tuple[RawCase, str, str]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        raw, case_id, patient_id = self.raw(i)
+        masks = {"lesion": raw.lesion} if raw.lesion is not None else {}
+        crop = crop_to_roi(raw.cf, raw.frames, masks)
+        cf, frames, out = self.transform(crop["cf"], crop["frames"],
+                                         {k: v for k, v in crop.items() if k not in ("cf", "frames")})
+        return to_sample(cf, frames, out["roi"], out.get("lesion"), raw.times, case_id, patient_id,
+                         self.km_threshold)
+
+
+class PhantomVideoDataset(_CaseDataset):
+    """The procedural phantom (phantom.py), drawn at `render_size` and then prepared exactly
+    like real data."""
 
     def __init__(self, split: str, n_cases: int, size: int, n_frames: int, seed: int = 0,
-                 render_size: int = 0, km_threshold: float = KM_THRESHOLD, hflip: bool = False):
+                 render_size: int = 0, km_threshold: float = KM_THRESHOLD,
+                 transform: PairedTransform | None = None):
+        super().__init__(size, False, transform or PairedTransform(size, train=False), km_threshold)
         if split not in SPLIT_OFFSET:
             raise ValueError(f"split '{split}' is not one of {list(SPLIT_OFFSET)}")
-        self.split, self.n_cases, self.size, self.n_frames = split, n_cases, size, n_frames
+        self.split, self.n_cases, self.n_frames = split, n_cases, n_frames
         self.seed, self.render_size = seed, render_size or size
-        self.km_threshold, self.hflip = km_threshold, hflip
-        self._cache: dict[int, tuple] = {}  # prepared cases: drawing one costs more than a G step
+        self._cache: dict[int, tuple] = {}  # drawing a case costs more than a generator step
 
     def __len__(self) -> int:
         return self.n_cases
 
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.n_cases:
-            raise IndexError(i)
+    def raw(self, i: int) -> tuple[RawCase, str, str]:
         if i not in self._cache:
-            case = make_case(SPLIT_OFFSET[self.split] + i, size=self.render_size,
-                             n_frames=self.n_frames, seed=self.seed)
-            p = prepare_case(case.cf, case.frames, self.size, {"lesion": case.lesion})
-            self._cache[i] = (p["cf"], p["frames"], p["roi"], p["lesion"], case.times,
-                              case.case_id, case.patient_id)
-        flip = self.hflip and bool(torch.rand(()) < 0.5)
-        return to_sample(*self._cache[i], km_threshold=self.km_threshold, hflip=flip)
+            c = make_case(SPLIT_OFFSET[self.split] + i, size=self.render_size, n_frames=self.n_frames,
+                          seed=self.seed)
+            self._cache[i] = (RawCase(c.cf, c.frames, c.times, c.phases, c.lesion), c.case_id, c.patient_id)
+        return self._cache[i]
 
     def windows_per_video(self) -> float:
         """Mean generator steps per video (one window per frame), for step-counted schedules."""
-        return float(num_windows(self.n_frames))
+        return float(self.n_frames)
+
+
+class FileVideoDataset(_CaseDataset):
+    """Cases on disk (folders or manifest layout, see cases.py)."""
+
+    def __init__(self, records: list[CaseRecord], size: int, n_frames: int, per_phase: int,
+                 train: bool, transform: PairedTransform, km_threshold: float = KM_THRESHOLD):
+        super().__init__(size, train, transform, km_threshold)
+        self.records, self.n_frames, self.per_phase = records, n_frames, per_phase
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def raw(self, i: int) -> tuple[RawCase, str, str]:
+        rec = self.records[i]
+        raw = load_case(rec, self.per_phase, self.n_frames, rng=_torch_rng() if self.train else None)
+        return raw, rec.case_id, rec.patient_id
+
+    def windows_per_video(self) -> float:
+        """Mean frames per case as validation selects them (videos: `n_frames`)."""
+        counts = [len(select_frames(r.frames, self.per_phase, self.n_frames, None)) if r.frames
+                  else self.n_frames for r in self.records]
+        return float(np.mean(counts)) if counts else float(self.n_frames)

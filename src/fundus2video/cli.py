@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from fundus2video.config import ConfigError, load_config
+from fundus2video.config import load_config, to_plain
+from fundus2video.errors import ConfigError, UserError
 
 
 def resolve_experiment(name: str) -> Path:
@@ -59,6 +60,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from fundus2video.data_modules.check import check_records, format_table
+    from fundus2video.data_modules.datamodule import list_records
+
+    path = Path(args.path)
+    source = "manifest" if path.suffix.lower() == ".csv" else "folders"
+    cfg = load_config(resolve_experiment(args.experiment),
+                      [f"data.source={source}", f"data.root={path}", *args.overrides])
+    d = cfg.data
+    records = list_records(to_plain(d))
+    reports = check_records(records, d.size, cfg.model.window + 1, d.manifest.per_phase, d.n_frames,
+                            d.km_threshold, progress=sys.stderr.isatty())
+    print(format_table(reports))
+    return 1 if any(not r.ok for r in reports) else 0
+
+
+def cmd_data_phantom(args: argparse.Namespace) -> int:
+    from fundus2video.data_modules.phantom_files import write_phantom
+
+    out = write_phantom(args.out, args.cases, size=args.size, n_frames=args.frames, video=args.video,
+                        seed=args.seed)
+    print(f"wrote {args.cases} phantom cases ({args.video}, {args.size} px, {args.frames} frames) to {out}")
+    return 0
+
+
 def _split_flags(rest: list[str], flags: set[str]) -> tuple[set[str], list[str]]:
     """Separate our own `--flag`s from overrides (which may also start with `--`)."""
     found = {a for a in rest if a in flags}
@@ -76,16 +102,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
         if name == "train":
             p.epilog = "--dry-run: print the resolved configuration and stop"
+    data = sub.add_parser("data", help="check data on disk, or write the phantom to disk")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="read every case as training would; list bad cases",
+                                description="Exit status 1 when any case is bad.")
+    check.add_argument("path", help="a folder of case folders, or a manifest CSV")
+    check.add_argument("--experiment", default="smoke",
+                       help="experiment whose data settings apply (size, window, manifest columns)")
+    check.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
+    ph = data_sub.add_parser("phantom", help="write the synthetic phantom as case folders")
+    ph.add_argument("--out", required=True, help="output folder")
+    ph.add_argument("--cases", type=int, default=56, help="number of cases (two eyes per patient)")
+    ph.add_argument("--size", type=int, default=256, help="image size in pixels")
+    ph.add_argument("--frames", type=int, default=12, help="FFA frames per case")
+    ph.add_argument("--video", choices=("mp4", "png"), default="mp4", help="ffa.mp4 or ffa/NNN.png")
+    ph.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
-    args.dry_run = "--dry-run" in flags
+    if hasattr(args, "overrides"):
+        flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
+        args.dry_run = "--dry-run" in flags
+    command = args.command if args.command != "data" else f"data {args.data_command}"
+    commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
+                "data phantom": cmd_data_phantom}
     try:
-        return {"train": cmd_train, "config": cmd_config}[args.command](args)
-    except ConfigError as err:
+        return commands[command](args)
+    except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)
         return 2

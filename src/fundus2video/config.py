@@ -17,9 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fundus2video.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration problem, with a message meant to be shown to the user as is."""
+__all__ = ["ConfigError", "ExperimentConfig", "from_plain", "load_config", "to_plain"]
 
 
 @dataclass
@@ -32,14 +32,66 @@ class PhantomConfig:
 
 
 @dataclass
+class ManifestColumns:
+    # names of the manifest CSV's columns (one row per FFA frame)
+    patient: str = "patient_id"
+    eye: str = "eye"
+    cf: str = "cf_path"  # path of the colour fundus photo, relative to the CSV
+    frame: str = "frame_path"  # path of the FFA frame, relative to the CSV
+    phase: str = "phase"
+    time: str = "time"  # time or order of the frame (sorts frames)
+
+
+@dataclass
+class ManifestConfig:
+    columns: ManifestColumns = field(default_factory=ManifestColumns)
+    drop_phases: list[str] = field(default_factory=lambda: ["A", "C"])  # phases left out (release)
+    merge_phases: dict[str, str] = field(default_factory=lambda: {"AV": "V"})  # renamed phases
+    per_phase: int = 4  # frames drawn per phase (with replacement at train time)
+
+
+@dataclass
+class SplitConfig:
+    fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train, val, test
+    seed: int = 7  # shuffles patients (the release uses 7)
+    file: str = ""  # a split.csv (case_id, patient_id, split) to reuse instead
+
+
+@dataclass
+class AugmentConfig:
+    # geometric: one draw per case, applied alike to the CF, every frame and every mask
+    crop: bool = True  # the release's random crop (1/3 .. all of the ROI box per side), then resize
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip
+    rotate: float = 10.0  # max degrees of the random rotation
+    scale: float = 0.05  # max relative zoom of the affine (1 +- scale)
+    translate: float = 0.02  # max shift, fraction of the size
+    affine_p: float = 0.5  # probability of the affine
+    # photometric: the CF only
+    brightness: float = 0.1  # +- relative brightness
+    contrast: float = 0.1  # +- relative contrast
+    saturation: float = 0.1  # +- relative saturation
+    hue: float = 0.02  # +- hue shift (fraction of the colour circle)
+    gamma: float = 0.1  # gamma in [1 - gamma, 1 + gamma]
+    blur: float = 0.1  # probability of a light gaussian blur
+    photometric_p: float = 0.8  # probability of the photometric transforms
+
+
+@dataclass
 class DataConfig:
-    source: str = "phantom"  # where cases come from: "phantom" (procedural, in memory)
+    source: str = "phantom"  # phantom (procedural, in memory) | folders | manifest
+    root: str = ""  # folders: the folder of case folders; manifest: the CSV file
     size: int = 512  # S: every image is cropped to its field of view and resized to S x S
-    n_frames: int = 12  # frames per video (T); the release draws <= 12 per case
+    n_frames: int = 12  # frames per video (phantom; folders: evenly spaced, first and last kept)
     km_threshold: float = 45.0 / 255.0  # knowledge mask: |early - late| > threshold (0..1 scale)
-    hflip: bool = True  # random horizontal flip of the whole case at train time
+    augment_train: bool = True  # augment training cases (never val/test)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 1  # videos per batch (the paper uses 1)
     num_workers: int = 0  # DataLoader worker processes
+    check: bool = True  # read every case before training and stop on bad ones
+    skip_bad_cases: bool = False  # instead of stopping, leave bad cases out (listed in the log)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
 
 
@@ -209,8 +261,14 @@ def _check(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need(cfg.data.source in ("phantom",),
-         f"data.source: unknown source '{cfg.data.source}' (expected: phantom)")
+    need(cfg.data.source in ("phantom", "folders", "manifest"),
+         f"data.source: unknown source '{cfg.data.source}' (expected: phantom, folders, manifest)")
+    need(cfg.data.source == "phantom" or bool(cfg.data.root),
+         f"data.root: required for data.source={cfg.data.source} (the "
+         + ("folder of case folders)" if cfg.data.source == "folders" else "manifest CSV)"))
+    fr = list(cfg.data.split.fractions)
+    need(len(fr) == 3 and min(fr) >= 0 and abs(sum(fr) - 1) < 1e-6,
+         f"data.split.fractions: expected three non-negative numbers summing to 1, got {fr}")
     need(cfg.data.size >= 16, f"data.size: {cfg.data.size} is too small (>= 16)")
     div = 2 ** cfg.model.generator.n_downsample
     need(cfg.data.size % div == 0,

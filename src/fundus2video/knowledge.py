@@ -71,22 +71,33 @@ def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int,
     return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=interpolation)
 
 
-def prepare_case(cf: np.ndarray, frames: np.ndarray, size: int,
-                 extra_masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """The release's preprocessing: ROI, zero outside, crop to the ROI box, resize to size.
+def crop_to_roi(cf: np.ndarray, frames: np.ndarray,
+                masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The release's field-of-view step: ROI mask, zero outside, crop to the ROI box.
 
-    cf: (H, W, 3) uint8 RGB; frames: (T, H, W) uint8; extra_masks: (H, W) masks cropped alike.
-    Returns cf (S, S, 3) uint8, frames (T, S, S) uint8, roi (S, S) bool and the extra masks.
+    cf: (H, W, 3) uint8 RGB; frames: (T, H, W) uint8; masks: (H, W) masks cropped alike.
+    Returns cf (h, w, 3), frames (T, h, w), roi (h, w) bool and the masks, not resized.
+    Raises ValueError when no field of view is found.
     """
     roi = fov_mask(cf, frames)
-    box = roi_box(roi)
-    cf = crop_resize(cf * roi[..., None], box, size)
-    frames = np.stack([crop_resize(f * roi, box, size) for f in frames])
-    out = {"cf": cf, "frames": frames,
-           "roi": crop_resize(roi.astype(np.uint8), box, size, cv2.INTER_NEAREST).astype(bool)}
-    for name, mask in (extra_masks or {}).items():
-        out[name] = crop_resize(mask.astype(np.uint8), box, size, cv2.INTER_NEAREST).astype(bool)
+    y0, y1, x0, x1 = roi_box(roi)
+    out = {"cf": (cf * roi[..., None])[y0:y1, x0:x1], "frames": (frames * roi)[:, y0:y1, x0:x1],
+           "roi": roi[y0:y1, x0:x1]}
+    for name, mask in (masks or {}).items():
+        out[name] = mask[y0:y1, x0:x1].astype(bool)
     return out
+
+
+def prepare_case(cf: np.ndarray, frames: np.ndarray, size: int,
+                 extra_masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """`crop_to_roi`, then resize everything to size x size (masks by nearest neighbour)."""
+    out = crop_to_roi(cf, frames, extra_masks)
+    full = (0, out["roi"].shape[0], 0, out["roi"].shape[1])
+    resized = {"cf": crop_resize(out["cf"], full, size),
+               "frames": np.stack([crop_resize(f, full, size) for f in out["frames"]])}
+    for name in out.keys() - resized.keys():
+        resized[name] = crop_resize(out[name].astype(np.uint8), full, size, cv2.INTER_NEAREST).astype(bool)
+    return resized
 
 
 def knowledge_mask(early: np.ndarray | torch.Tensor, late: np.ndarray | torch.Tensor,

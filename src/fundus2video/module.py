@@ -124,15 +124,20 @@ class Fundus2VideoModule(L.LightningModule):
         return sum(weights[name] * value for name, value in parts.items()), parts
 
     # ------------------------------------------------------------------ training
-    def _window_step(self, cf, prev, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One window: G forward, both losses, G step, D step. Returns the fake and the terms."""
-        opt_g, opt_d = self.optimizers()
-        fake = self.generator(torch.cat([cf, prev], dim=1))  # (B, K, H, W)
+    def window_losses(self, cf, prev, target):
+        """One window's forward: the fake (B, K, H, W) and both losses, (g_total, g_parts,
+        d_total, d_parts), all computed against the same discriminator."""
+        fake = self.generator(torch.cat([cf, prev], dim=1))
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
         pred_real = self.discriminator(real_in)
         g_total, g_parts = self._g_losses(fake, target, self.discriminator(fake_in), pred_real)
         d_total, d_parts = self._d_losses(pred_real, self.discriminator(fake_in.detach()))
+        return fake, g_total, g_parts, d_total, d_parts
 
+    def _window_step(self, cf, prev, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One window: forward, G step, D step. Returns the detached fake and the terms."""
+        opt_g, opt_d = self.optimizers()
+        fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_total)
         opt_g.step()

@@ -2,6 +2,7 @@
 
 A run directory `<logging.root>/<name>/<YYYYmmdd-HHMMSS>` receives:
   config.yaml              the resolved experiment (every key, after overrides)
+  split.csv                case_id, patient_id, split (data on disk; reuse: data.split.file)
   checkpoints/last.ckpt    the latest checkpoint (plain-data hparams: loads with weights_only)
   metrics.csv              every logged scalar (CSV logger, always on)
   wandb/                   the wandb run (offline unless configured otherwise)
@@ -109,7 +110,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None 
 def quiet_known_warnings() -> None:
     """Lightning's advice that does not apply here (small CPU demo datasets)."""
     for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                    ".*LeafSpec.*", ".*treespec.*"):
+                    ".*LeafSpec.*", ".*treespec.*",
+                    # the run directory holds config.yaml already; the CSV logger only writes metrics.csv
+                    ".*exists and is not empty.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -120,11 +123,13 @@ def train(cfg: DictConfig) -> Path:
     run_dir = make_run_dir(cfg)
     write_config(cfg, run_dir / "config.yaml")
     log.info("run directory: %s", run_dir)
+    datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, run_dir=run_dir)
+    datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before any logger
     callbacks = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
         KnowledgeMaskLogger(run_dir, cfg.logging.n_samples),
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir))
-    trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=Fundus2VideoDataModule(to_plain(cfg.data)))
+    trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule)
     return run_dir

@@ -1,0 +1,281 @@
+"""Cases on disk: the two layouts, frame selection and reading, with errors that name the file.
+
+Layouts (chosen by `data.source`):
+- `folders`: `<root>/<case>/cf.(png|jpg|jpeg|tif|tiff)` with either `ffa.mp4` (read with
+  decord, decoding only the frames used) or `ffa/` holding frame images in name order;
+  optional `lesion.png`; optional `<root>/cases.csv` with columns case_id, patient_id, eye,
+  times (frame times in seconds separated by ';').
+- `manifest`: a CSV in the authors' style, one row per FFA frame (patient, eye, CF path,
+  frame path, phase, time order; column names configurable; paths relative to the CSV).
+  Rows of one patient's eye form a case. Phases are dropped/merged as configured and frames
+  drawn per phase: with replacement at train time (then de-duplicated and sorted by time, as
+  the release does), evenly spaced and deterministic at val/test.
+Images may be 8- or 16-bit; frames may be grayscale or stored as RGB (the green channel is
+used); everything is returned as 8-bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fundus2video.errors import CaseError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass
+class Frame:
+    path: Path  # an image file, or the video file holding the frame
+    index: int | None = None  # frame number inside a video
+    time: float | None = None  # seconds (or any increasing order)
+    phase: str | None = None
+
+
+@dataclass
+class CaseRecord:
+    case_id: str
+    patient_id: str
+    eye: str
+    cf: Path
+    frames: list[Frame] = field(default_factory=list)  # candidates in time order (image layouts)
+    video: Path | None = None  # folders layout with ffa.mp4: frames are chosen when loading
+    times: list[float] | None = None  # per video frame (cases.csv), if known
+    lesion: Path | None = None
+    problem: str = ""  # a problem found while listing the case (e.g. conflicting manifest rows)
+
+
+@dataclass
+class RawCase:
+    """A case as read from disk: cf (H, W, 3) uint8 RGB, frames (T, H, W) uint8."""
+
+    cf: np.ndarray
+    frames: np.ndarray
+    times: np.ndarray
+    phases: list[str]
+    lesion: np.ndarray | None = None
+    frame_names: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ reading pixels
+def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:  # 16-bit: scale to 8-bit (65535 -> 255)
+        return (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    raise CaseError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W) grayscale or (H, W, 3) RGB uint8; alpha dropped."""
+    if not path.is_file():
+        raise CaseError(f"missing file: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise CaseError(f"unreadable image: {path}")
+    img = _to_uint8(img, path)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    return img
+
+
+def read_cf(path: Path) -> np.ndarray:
+    img = read_image(path)
+    if img.ndim != 3:
+        raise CaseError(f"{path}: the colour fundus photo is grayscale (expected RGB)")
+    return img
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """An FFA frame as (H, W) uint8: grayscale as is, RGB through its green channel."""
+    img = read_image(path)
+    return img[..., 1] if img.ndim == 3 else img
+
+
+def read_video_frames(path: Path, indices: list[int] | None, n_frames: int) -> tuple[np.ndarray, list[int]]:
+    """Decode only the frames needed from a video: `indices`, or `n_frames` evenly spaced.
+
+    Returns (T, H, W) uint8 green channel and the frame numbers.
+    """
+    import decord
+
+    if not path.is_file():
+        raise CaseError(f"missing file: {path}")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        total = len(reader)
+    except Exception as err:  # decord raises its own error types
+        raise CaseError(f"unreadable video: {path} ({str(err).splitlines()[0][:120]})") from None
+    if indices is None:
+        indices = evenly_spaced(total, n_frames)
+    try:
+        frames = reader.get_batch(indices).asnumpy()[..., 1]
+    except Exception as err:
+        raise CaseError(f"truncated or corrupt video: {path} (could not decode frames "
+                        f"{indices[0]}..{indices[-1]} of {total}: {str(err).splitlines()[0][:120]})") from None
+    return frames, list(indices)
+
+
+def evenly_spaced(total: int, n: int) -> list[int]:
+    """n indices spread over 0..total-1 including both ends (all of them if total <= n)."""
+    if total <= n:
+        return list(range(total))
+    return sorted({int(round(i)) for i in np.linspace(0, total - 1, n)})
+
+
+# ------------------------------------------------------------------ layouts
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _read_cases_csv(root: Path) -> dict[str, dict]:
+    path = root / "cases.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "case_id" not in rows[0]:
+        raise CaseError(f"{path}: expected a case_id column (optional: patient_id, eye, times)")
+    out = {}
+    for row in rows:
+        times = row.get("times") or ""
+        try:
+            parsed = [float(t) for t in times.split(";") if t.strip()] or None
+        except ValueError:
+            raise CaseError(f"{path}: case {row['case_id']}: times must be numbers separated by ';'") from None
+        out[row["case_id"]] = {"patient_id": row.get("patient_id") or row["case_id"],
+                               "eye": row.get("eye") or "", "times": parsed}
+    return out
+
+
+def folder_records(root: str | Path) -> list[CaseRecord]:
+    """One record per sub-folder of `root` (the folders layout). File problems surface when
+    a case is loaded (see `check.py`), so one bad case never hides the others."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CaseError(f"data folder not found: {root}")
+    meta = _read_cases_csv(root)
+    records = []
+    for case_dir in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name)):
+        info = meta.get(case_dir.name, {})
+        cf = next((case_dir / f"cf{e}" for e in IMAGE_EXTS if (case_dir / f"cf{e}").is_file()),
+                  case_dir / "cf.png")
+        rec = CaseRecord(case_id=case_dir.name, patient_id=info.get("patient_id", case_dir.name),
+                         eye=info.get("eye", ""), cf=cf, times=info.get("times"),
+                         lesion=case_dir / "lesion.png" if (case_dir / "lesion.png").is_file() else None)
+        if (case_dir / "ffa").is_dir():
+            names = sorted((p for p in (case_dir / "ffa").iterdir() if p.suffix.lower() in IMAGE_EXTS),
+                           key=lambda p: _natural_key(p.name))
+            times = rec.times if rec.times and len(rec.times) == len(names) else None
+            rec.frames = [Frame(p, time=times[i] if times else float(i)) for i, p in enumerate(names)]
+        else:
+            rec.video = case_dir / "ffa.mp4"
+        records.append(rec)
+    if not records:
+        raise CaseError(f"{root}: no case folders found (expected <root>/<case>/cf.png with ffa.mp4 or ffa/)")
+    return records
+
+
+def manifest_records(csv_path: str | Path, columns: dict, drop_phases: list[str],
+                     merge_phases: dict[str, str]) -> list[CaseRecord]:
+    """Cases of a manifest CSV (one row per frame); `columns` maps our names to the CSV's:
+    patient, eye, cf, frame, phase, time."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise CaseError(f"manifest not found: {csv_path}")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise CaseError(f"{csv_path}: the manifest has no rows")
+    missing = [f"{ours}='{theirs}'" for ours, theirs in columns.items() if theirs not in rows[0]]
+    if missing:
+        raise CaseError(f"{csv_path}: columns not found: {', '.join(missing)} "
+                        f"(the CSV has: {', '.join(rows[0])}; set data.manifest.columns)")
+    base = csv_path.parent
+    cases: dict[str, CaseRecord] = {}
+    for i, row in enumerate(rows, start=2):
+        phase = row[columns["phase"]].strip()
+        if phase in drop_phases:
+            continue
+        phase = merge_phases.get(phase, phase)
+        try:
+            time = float(row[columns["time"]])
+        except ValueError:
+            raise CaseError(f"{csv_path}:{i}: time '{row[columns['time']]}' is not a number") from None
+        patient, eye = row[columns["patient"]].strip(), row[columns["eye"]].strip()
+        case_id = f"{patient}_{eye}" if eye else patient
+        rec = cases.setdefault(case_id, CaseRecord(case_id, patient, eye, base / row[columns["cf"]]))
+        if rec.cf != base / row[columns["cf"]] and not rec.problem:
+            rec.problem = (f"duplicate case id: manifest rows of {case_id} name two CF photos "
+                           f"({rec.cf.name}, {row[columns['cf']]}; line {i})")
+        rec.frames.append(Frame(base / row[columns["frame"]], time=time, phase=phase))
+    for rec in cases.values():
+        rec.frames.sort(key=lambda fr: fr.time)
+    return list(cases.values())
+
+
+# ------------------------------------------------------------------ frame selection
+def select_frames(frames: list[Frame], per_phase: int, n_frames: int,
+                  rng: np.random.Generator | None) -> list[Frame]:
+    """Frames to use, in time order.
+
+    With phases (manifest): `per_phase` frames from each phase, drawn with replacement when
+    `rng` is given (train; duplicates then dropped, as the release does), else evenly spaced.
+    Without phases: `n_frames` evenly spaced, first and last included.
+    """
+    if not frames or frames[0].phase is None:
+        return [frames[i] for i in evenly_spaced(len(frames), n_frames)]
+    chosen: list[Frame] = []
+    for phase in dict.fromkeys(f.phase for f in frames):  # phases in order of first appearance
+        group = [f for f in frames if f.phase == phase]
+        if rng is not None:
+            picks = sorted(set(rng.integers(0, len(group), per_phase).tolist()))
+        else:
+            picks = evenly_spaced(len(group), per_phase)
+        chosen += [group[i] for i in picks]
+    return sorted(chosen, key=lambda f: f.time)
+
+
+def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
+              rng: np.random.Generator | None = None) -> RawCase:
+    """Read a case's CF, its selected frames and lesion mask; frames resized to the CF's size
+    when they differ only in resolution. Raises CaseError naming the problem."""
+    cf = read_cf(rec.cf)
+    if rec.video is not None:
+        frames, idx = read_video_frames(rec.video, None, n_frames)
+        times = [rec.times[i] if rec.times and len(rec.times) > i else float(i) for i in idx]
+        names, phases = [f"{rec.video.name}#{i}" for i in idx], [""] * len(idx)
+    else:
+        if not rec.frames:
+            raise CaseError(f"case {rec.case_id}: no FFA frames found")
+        chosen = select_frames(rec.frames, per_phase, n_frames, rng)
+        frames = [read_frame(f.path) for f in chosen]
+        shapes = {fr.shape for fr in frames}
+        if len(shapes) > 1:
+            raise CaseError(f"case {rec.case_id}: FFA frames differ in size {sorted(shapes)}")
+        frames = np.stack(frames)
+        times, phases = [f.time for f in chosen], [f.phase or "" for f in chosen]
+        names = [f.path.name for f in chosen]
+    frames = _match_size(cf, frames, rec)
+    lesion = None
+    if rec.lesion is not None:
+        lesion = read_frame(rec.lesion)
+        if lesion.shape != cf.shape[:2]:
+            lesion = cv2.resize(lesion, cf.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        lesion = lesion > 127
+    return RawCase(cf, frames, np.asarray(times, np.float32), phases, lesion, names)
+
+
+def _match_size(cf: np.ndarray, frames: np.ndarray, rec: CaseRecord) -> np.ndarray:
+    (h, w), (fh, fw) = cf.shape[:2], frames.shape[1:3]
+    if (h, w) == (fh, fw):
+        return frames
+    if abs(w / h - fw / fh) > 0.02 * (w / h):
+        raise CaseError(f"case {rec.case_id}: CF is {w}x{h} but FFA frames are {fw}x{fh} "
+                        f"(different aspect; CF and frames must be registered)")
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])

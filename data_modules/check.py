@@ -1,0 +1,111 @@
+"""Read every case as training would and report what is wrong, case by case.
+
+Used by `fundus2video data check PATH` and, before training, by the DataModule: a bad case
+stops training with the same list unless `data.skip_bad_cases` is set. Nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from fundus2video.data_modules.cases import CaseError, CaseRecord, load_case
+from tqdm import tqdm
+
+from fundus2video.knowledge import FRAME_MIN, crop_to_roi, knowledge_mask
+
+
+@dataclass
+class CaseReport:
+    case_id: str
+    patient_id: str
+    eye: str
+    n_frames: int = 0
+    phases: str = ""  # e.g. "V:4 L:4"
+    image_size: str = ""  # W x H of the CF
+    roi_fraction: float = float("nan")  # share of the CF inside the field of view
+    km_fraction: float = float("nan")  # share of the field of view inside the knowledge mask
+    problem: str = ""  # empty when the case is usable
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_frames: int,
+               km_threshold: float) -> CaseReport:
+    """Load `rec` deterministically (as validation does) and measure it; never raises."""
+    report = CaseReport(rec.case_id, rec.patient_id, rec.eye)
+    try:
+        raw = load_case(rec, per_phase, n_frames, rng=None)
+    except CaseError as err:
+        report.problem = str(err)
+        return report
+    report.n_frames = len(raw.frames)
+    report.image_size = f"{raw.cf.shape[1]}x{raw.cf.shape[0]}"
+    report.phases = " ".join(f"{p}:{n}" for p, n in Counter(raw.phases).items() if p)
+    if len(raw.frames) < min_frames:
+        report.problem = f"only {len(raw.frames)} frame(s), need at least {min_frames} (window K + 1)"
+        return report
+    black = [name for name, f in zip(raw.frame_names, raw.frames, strict=True) if f.max() <= FRAME_MIN]
+    if black:
+        report.problem = f"all-black frame(s): {', '.join(black[:4])}{' ...' if len(black) > 4 else ''}"
+        return report
+    try:
+        crop = crop_to_roi(raw.cf, raw.frames)
+    except ValueError:
+        report.problem = "empty field of view: no pixel has CF green > 11 and every frame > 2"
+        return report
+    roi = crop["roi"]
+    report.roi_fraction = float(roi.sum()) / (raw.cf.shape[0] * raw.cf.shape[1])
+    small = [cv2.resize(crop["frames"][i], (size, size), interpolation=cv2.INTER_AREA) / 255.0 for i in (0, -1)]
+    roi_small = cv2.resize(roi.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    km = knowledge_mask(small[0], small[1], km_threshold) & roi_small
+    report.km_fraction = float(km.sum()) / max(1, int(roi_small.sum()))
+    return report
+
+
+def check_records(records: list[CaseRecord], size: int, min_frames: int, per_phase: int,
+                  n_frames: int, km_threshold: float, progress: bool = True) -> list[CaseReport]:
+    """Reports for every record (in order), duplicate case ids included."""
+    counts = Counter(r.case_id for r in records)
+    reports = []
+    for rec in tqdm(records, desc="checking cases", unit="case", disable=not progress, leave=False):
+        if counts[rec.case_id] > 1:
+            reports.append(CaseReport(rec.case_id, rec.patient_id, rec.eye,
+                                      problem=f"duplicate case id ({counts[rec.case_id]} cases share it)"))
+            continue
+        if rec.problem:
+            reports.append(CaseReport(rec.case_id, rec.patient_id, rec.eye, problem=rec.problem))
+            continue
+        reports.append(check_case(rec, size, min_frames, per_phase, n_frames, km_threshold))
+    return reports
+
+
+def format_table(reports: list[CaseReport]) -> str:
+    """A plain-text table, one row per case, then the bad cases with their reasons."""
+    header = ["case", "patient", "eye", "frames", "phases", "size", "roi", "km", "status"]
+    rows = [[r.case_id, r.patient_id, r.eye or "-", str(r.n_frames) if r.n_frames else "-",
+             r.phases or "-", r.image_size or "-",
+             "-" if np.isnan(r.roi_fraction) else f"{r.roi_fraction:.0%}",
+             "-" if np.isnan(r.km_fraction) else f"{r.km_fraction:.1%}",
+             "ok" if r.ok else "BAD"] for r in reports]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    bad = [r for r in reports if not r.ok]
+    good = [r for r in reports if r.ok]
+    frames = [r.n_frames for r in good]
+    out.append("")
+    out.append(f"{len(reports)} cases, {len(good)} ok, {len(bad)} bad"
+               + (f"; frames per case {min(frames)}..{max(frames)}" if frames else ""))
+    out += [f"BAD {r.case_id}: {r.problem}" for r in bad]
+    return "\n".join(out)
+
+
+def bad_cases_message(reports: list[CaseReport]) -> str:
+    bad = [r for r in reports if not r.ok]
+    return f"{len(bad)} bad case(s):\n" + "\n".join(f"  {r.case_id}: {r.problem}" for r in bad)

@@ -1,0 +1,226 @@
+"""Real data layouts on disk: every format read, every bad-case kind reported, splits by patient."""
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from fundus2video.data_modules.cases import folder_records, load_case, manifest_records, select_frames
+from fundus2video.data_modules.check import check_records, format_table
+from fundus2video.data_modules.datamodule import Fundus2VideoDataModule
+from fundus2video.data_modules.phantom import make_case
+from fundus2video.data_modules.phantom_files import write_phantom
+from fundus2video.data_modules.splits import read_split, split_by_patient, write_split
+
+from fundus2video.config import to_plain
+from fundus2video.errors import DataError
+
+K = 3
+
+
+def _check(records, **kw):
+    return check_records(records, size=32, min_frames=K + 1, per_phase=4, n_frames=kw.get("n_frames", 6),
+                         km_threshold=45 / 255, progress=False)
+
+
+@pytest.fixture(scope="module")
+def mp4_root(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("mp4"), 6, size=64, n_frames=6, video="mp4", progress=False)
+
+
+@pytest.fixture(scope="module")
+def png_root(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("png"), 6, size=64, n_frames=6, video="png", progress=False)
+
+
+@pytest.mark.parametrize("layout", ["mp4", "png"])
+def test_folder_layouts_load_like_the_phantom(layout, mp4_root, png_root):
+    root = mp4_root if layout == "mp4" else png_root
+    records = folder_records(root)
+    assert [r.case_id for r in records] == [f"phantom{i:04d}" for i in range(6)]
+    assert records[1].patient_id == "P0000" and records[1].eye == "OS"  # from cases.csv
+    raw = load_case(records[0], per_phase=4, n_frames=6)
+    truth = make_case(0, size=64, n_frames=6)
+    assert raw.frames.shape == (6, 64, 64) and raw.cf.shape == (64, 64, 3)
+    tol = 0 if layout == "png" else 12  # H.264 is lossy
+    assert np.abs(raw.frames.astype(int) - truth.frames).mean() <= max(tol / 4, 0)
+    assert np.array_equal(raw.cf, truth.cf)
+    assert np.allclose(raw.times, truth.times, atol=0.01)
+    assert np.array_equal(raw.lesion, truth.lesion)
+    assert all(r.ok for r in _check(records))
+
+
+def test_video_decodes_only_the_frames_asked_for(tmp_path):
+    write_phantom(tmp_path, 1, size=32, n_frames=40, video="mp4", progress=False)
+    raw = load_case(folder_records(tmp_path)[0], per_phase=4, n_frames=5)
+    assert raw.frame_names == [f"ffa.mp4#{i}" for i in (0, 10, 20, 29, 39)]  # evenly spaced, ends kept
+
+
+def test_16_bit_images_and_rgb_stored_frames(tmp_path):
+    case = make_case(3, size=48, n_frames=4)
+    d = tmp_path / "c16"
+    (d / "ffa").mkdir(parents=True)
+    cv2.imwrite(str(d / "cf.tif"), (case.cf[..., ::-1].astype(np.uint16) * 257))
+    for t, f in enumerate(case.frames):
+        rgb = np.stack([f // 2, f, f // 3], axis=2)  # green channel carries the frame
+        cv2.imwrite(str(d / "ffa" / f"{t}.png"), rgb[..., ::-1])
+    raw = load_case(folder_records(tmp_path)[0], per_phase=4, n_frames=12)
+    assert np.array_equal(raw.cf, case.cf)
+    assert np.array_equal(raw.frames, case.frames)
+
+
+def _write_manifest(root, rows, header=("patient_id", "eye", "cf_path", "frame_path", "phase", "time")):
+    path = root / "manifest.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _manifest_case(root, patient="P1", eye="OD", phases=("A", "AV", "V", "V", "V", "L", "L", "C"), index=0):
+    case = make_case(index, size=48, n_frames=len(phases))
+    (root / "img").mkdir(exist_ok=True)
+    cf = f"img/{patient}_{eye}_cf.png"
+    cv2.imwrite(str(root / cf), case.cf[..., ::-1])
+    rows = []
+    for t, (f, phase) in enumerate(zip(case.frames, phases, strict=True)):
+        name = f"img/{patient}_{eye}_{t}.png"
+        cv2.imwrite(str(root / name), f)
+        rows.append([patient, eye, cf, name, phase, t])
+    return rows
+
+
+def test_manifest_phases_dropped_merged_and_drawn(tmp_path):
+    path = _write_manifest(tmp_path, _manifest_case(tmp_path))
+    (rec,) = manifest_records(path, to_plain_columns(), ["A", "C"], {"AV": "V"})
+    assert rec.case_id == "P1_OD" and [f.phase for f in rec.frames] == ["V", "V", "V", "V", "L", "L"]
+    evaluation = select_frames(rec.frames, 2, 12, rng=None)
+    assert [f.time for f in evaluation] == [1, 4, 5, 6]  # evenly spaced per phase, deterministic
+    assert select_frames(rec.frames, 2, 12, None) == evaluation
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # with replacement, then de-duplicated and sorted by time
+        times = [f.time for f in select_frames(rec.frames, 4, 12, rng)]
+        assert times == sorted(set(times)) and len(times) <= 6
+
+
+def to_plain_columns():
+    from fundus2video.config import load_config
+
+    return to_plain(load_config(None).data.manifest.columns)
+
+
+def test_manifest_with_renamed_columns_and_a_missing_column(tmp_path):
+    rows = _manifest_case(tmp_path)
+    path = _write_manifest(tmp_path, rows, header=("pid", "eye", "co", "fa", "Phase", "order"))
+    cols = {"patient": "pid", "eye": "eye", "cf": "co", "frame": "fa", "phase": "Phase", "time": "order"}
+    assert len(manifest_records(path, cols, ["A", "C"], {})[0].frames) == 6
+    with pytest.raises(DataError, match=r"columns not found: patient='patient_id'"):
+        manifest_records(path, to_plain_columns(), [], {})
+
+
+def _bad_case_root(tmp_path):
+    """Six cases, each broken in its own way, plus one good case."""
+    root = write_phantom(tmp_path / "data", 8, size=48, n_frames=6, video="png", progress=False)
+    (root / "phantom0000" / "cf.png").unlink()  # missing file
+    (root / "phantom0001" / "ffa" / "002.png").write_bytes(b"not a png")  # unreadable
+    for f in sorted((root / "phantom0002" / "ffa").iterdir())[2:]:  # fewer than K + 1 frames
+        f.unlink()
+    cv2.imwrite(str(root / "phantom0003" / "cf.png"), np.zeros((48, 96, 3), np.uint8) + 80)  # aspect
+    cv2.imwrite(str(root / "phantom0004" / "cf.png"), np.zeros((48, 48, 3), np.uint8))  # empty ROI
+    cv2.imwrite(str(root / "phantom0005" / "ffa" / "003.png"), np.zeros((48, 48), np.uint8))  # black
+    return root
+
+
+def test_every_bad_case_kind_is_reported_with_its_reason(tmp_path):
+    root = _bad_case_root(tmp_path)
+    mp4 = write_phantom(tmp_path / "mp4", 1, size=48, n_frames=6, video="mp4", progress=False, start=8)
+    video = mp4 / "phantom0008" / "ffa.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # truncated video
+    shutil.move(str(mp4 / "phantom0008"), root / "phantom0008")
+    reports = {r.case_id: r for r in _check(folder_records(root))}
+    expected = {
+        "phantom0000": "missing file",
+        "phantom0001": "unreadable image",
+        "phantom0002": "only 2 frame(s), need at least 4",
+        "phantom0003": "different aspect",
+        "phantom0004": "empty field of view",
+        "phantom0005": "all-black frame(s): 003.png",
+        "phantom0008": "video",
+    }
+    for case, reason in expected.items():
+        assert reason in reports[case].problem, (case, reports[case].problem)
+    assert reports["phantom0006"].ok and reports["phantom0007"].ok
+    table = format_table(list(reports.values()))
+    assert "9 cases, 2 ok, 7 bad" in table and "BAD phantom0003" in table
+
+
+def test_duplicate_case_ids_in_a_manifest(tmp_path):
+    rows = _manifest_case(tmp_path) + _manifest_case(tmp_path, patient="P2", index=1)
+    rows += [["P1", "OD", "img/P2_OD_cf.png", "img/P2_OD_3.png", "V", 9]]  # same case, other CF
+    path = _write_manifest(tmp_path, rows)
+    reports = {r.case_id: r for r in _check(manifest_records(path, to_plain_columns(), ["A", "C"], {"AV": "V"}))}
+    assert "duplicate case id" in reports["P1_OD"].problem and reports["P2_OD"].ok
+
+
+def test_split_by_patient_is_disjoint_and_reproducible(tmp_path):
+    patients = {f"c{i}": f"p{i // 3}" for i in range(60)}  # 3 cases (visits/eyes) per patient
+    split = split_by_patient(patients, (0.8, 0.1, 0.1), seed=7)
+    for p in set(patients.values()):
+        assert len({split[c] for c in patients if patients[c] == p}) == 1
+    assert {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")} == \
+        {"train": 48, "val": 6, "test": 6}
+    assert split_by_patient(patients, (0.8, 0.1, 0.1), seed=7) == split
+    assert split_by_patient(patients, (0.8, 0.1, 0.1), seed=8) != split
+    path = write_split(tmp_path / "split.csv", patients, split)
+    assert read_split(path, patients) == split
+    with pytest.raises(ValueError, match="not in the split file"):
+        read_split(path, {**patients, "new": "pX"})
+
+
+def _data_cfg(root, *extra):
+    from fundus2video.config import load_config
+
+    cfg = load_config("experiments/smoke.yaml", ["data.source=folders", f"data.root={root}", "data.size=32",
+                                                 "data.n_frames=6", "data.split.fractions=[0.5,0.25,0.25]",
+                                                 *extra])
+    return to_plain(cfg.data)
+
+
+def test_datamodule_fails_fast_on_bad_cases_or_skips_them(tmp_path):
+    root = _bad_case_root(tmp_path)
+    with pytest.raises(DataError) as info:
+        Fundus2VideoDataModule(_data_cfg(root), min_frames=K + 1).setup()
+    assert "6 bad case(s)" in str(info.value) and "phantom0004: empty field of view" in str(info.value)
+    dm = Fundus2VideoDataModule(_data_cfg(root, "data.skip_bad_cases=true"), min_frames=K + 1, run_dir=tmp_path)
+    dm.setup()
+    assert sum(len(d) for d in dm.datasets.values()) == 2
+    rows = list(csv.DictReader(open(tmp_path / "split.csv")))
+    assert {r["case_id"] for r in rows} == {"phantom0006", "phantom0007"}
+
+
+def test_datamodule_serves_batches_from_disk_and_reuses_a_split(tmp_path, mp4_root):
+    dm = Fundus2VideoDataModule(_data_cfg(mp4_root), min_frames=K + 1, run_dir=tmp_path)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["cf"].shape == (1, 3, 32, 32) and batch["frames"].shape == (1, 6, 1, 32, 32)
+    assert batch["cf"].min() >= -1 and batch["cf"].max() <= 1
+    saved = {r["case_id"]: r["split"] for r in csv.DictReader(open(tmp_path / "split.csv"))}
+    dm2 = Fundus2VideoDataModule(_data_cfg(mp4_root, f"data.split.file={tmp_path / 'split.csv'}",
+                                           "data.split.seed=99"), min_frames=K + 1)
+    dm2.setup()
+    again = {r.case_id: s for s, d in dm2.datasets.items() for r in d.records}
+    assert again == saved
+
+
+def test_data_check_cli_names_the_broken_case(tmp_path):
+    root = write_phantom(tmp_path / "demo", 4, size=48, n_frames=6, video="png", progress=False)
+    (root / "phantom0002" / "cf.png").write_bytes(b"broken")
+    proc = subprocess.run([sys.executable, "-m", "fundus2video", "data", "check", str(root), "data.size=32"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "case" in proc.stdout.splitlines()[0] and "roi" in proc.stdout.splitlines()[0]
+    assert "BAD phantom0002: unreadable image" in proc.stdout
+    assert "4 cases, 3 ok, 1 bad" in proc.stdout
