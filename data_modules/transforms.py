@@ -100,7 +100,7 @@ def photometric_pipeline(cfg: AugmentConfig) -> A.Compose:
     ])
 
 
-def check_case(cf: np.ndarray, frames: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+def _check_shapes(cf: np.ndarray, frames: np.ndarray, masks: dict[str, np.ndarray]) -> None:
     hw = cf.shape[:2]
     if cf.ndim != 3 or cf.shape[2] != 3 or frames.ndim != 3 or frames.shape[1:] != hw:
         raise ValueError(f"expected cf (H, W, 3) and frames (T, H, W); got {cf.shape} and {frames.shape}")
@@ -131,7 +131,7 @@ class PairedTransform:
     def __call__(self, cf: np.ndarray, frames: np.ndarray, masks: dict[str, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         masks = masks or {}
-        check_case(cf, frames, masks)
+        _check_shapes(cf, frames, masks)
         masks = {name: np.asarray(mask, np.uint8) for name, mask in masks.items()}  # cv2 has no bool
         if not self.train:
             return (resize(cf, self.size), np.stack([resize(f, self.size) for f in frames]),
