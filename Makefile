@@ -8,7 +8,7 @@ ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train config demo-data data-check bench test lint clean
+.PHONY: help install train config demo-data data-check ablation bench test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo-data: install ## write the phantom to demo_data/ as case folders (mp4 and p
 
 data-check: install ## read every case of DATA (a folder or manifest CSV) and list bad ones: make data-check DATA=...
 	@$(PY) -m fundus2video data check $(DATA) $(ARGS)
+
+ablation: install ## train the method, the baseline and the ablations on the phantom; runs/ablation/ablation.md
+	$(PY) -m fundus2video ablation --out runs/ablation $(ARGS)
 
 bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/results.json
 	@set -e; echo "{" > benchmarks/results.json.tmp; first=1; \

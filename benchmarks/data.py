@@ -55,9 +55,10 @@ def train_seconds_per_case(experiment: str, windows_measured: int = 3, repeats: 
     opt_g = torch.optim.Adam(module.generator.parameters(), lr=cfg.optim.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(module.discriminator.parameters(), lr=cfg.optim.lr, betas=(0.5, 0.999))
     cf, prev, target = torch.randn(1, 3, s, s), torch.randn(1, k, s, s), torch.randn(1, k, s, s)
+    km = (torch.rand(1, 1, s, s) > 0.9).float()
 
     def window() -> None:  # the module's per-window work, outside a Trainer
-        _, g_total, _, d_total, _ = module.window_losses(cf, prev, target)
+        _, g_total, _, d_total, _ = module.window_losses(cf, prev, target, km)
         opt_g.zero_grad()
         g_total.backward()
         opt_g.step()

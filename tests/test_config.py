@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from fundus2video.config import ConfigError, from_plain, load_config, to_plain
 
-EXPERIMENTS = sorted(Path("experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(Path("experiments").rglob("*.yaml"))
 
 
 def test_there_are_experiments():

@@ -85,6 +85,24 @@ def cmd_data_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from fundus2video.weights import import_weights
+
+    cfg = load_config(resolve_experiment(args.config), args.overrides)
+    out = import_weights(cfg, args.netG, args.out, args.netD)
+    print(f"wrote {out} (generator from {args.netG}" + (f", discriminator from {args.netD})" if args.netD else ")"))
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from fundus2video.ablation import run_ablation
+
+    out = run_ablation(args.out, args.variants or None, args.overrides)
+    print((out / "ablation.md").read_text())
+    print(f"table: {out / 'ablation.md'}, {out / 'ablation.csv'}; picture: {out / 'ablation.png'}")
+    return 0
+
+
 def _split_flags(rest: list[str], flags: set[str]) -> tuple[set[str], list[str]]:
     """Separate our own `--flag`s from overrides (which may also start with `--`)."""
     found = {a for a in rest if a in flags}
@@ -117,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--frames", type=int, default=12, help="FFA frames per case")
     ph.add_argument("--video", choices=("mp4", "png"), default="mp4", help="ffa.mp4 or ffa/NNN.png")
     ph.add_argument("--seed", type=int, default=0)
+    imp = sub.add_parser("import-weights", help="turn release / pix2pixHD weights into a fundus2video checkpoint")
+    imp.add_argument("--netG", required=True, help="the release's <epoch>_net_G.pth")
+    imp.add_argument("--netD", help="the release's <epoch>_net_D.pth (optional)")
+    imp.add_argument("--config", required=True, help="experiment matching the weights (e.g. pix2pixhd)")
+    imp.add_argument("--out", required=True, help="checkpoint to write (.ckpt)")
+    imp.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
+    abl = sub.add_parser("ablation", help="train the method, the baseline and the ablations; table of scores")
+    abl.add_argument("--out", default="runs/ablation", help="output folder")
+    abl.add_argument("--variants", nargs="*", help="experiments to run (default: all seven)")
+    abl.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
     return parser
 
 
@@ -128,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dry_run = "--dry-run" in flags
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
-                "data phantom": cmd_data_phantom}
+                "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
+                "ablation": cmd_ablation}
     try:
         return commands[command](args)
     except UserError as err:  # configuration and data problems: the message says it all

@@ -97,10 +97,14 @@ class DataConfig:
 
 @dataclass
 class GeneratorConfig:
-    ngf: int = 64  # filters of the first conv layer
+    netg: str = "global"  # global (pix2pixHD global generator) | local (plus a local enhancer, 2x resolution)
+    ngf: int = 64  # filters of the first conv layer (local: of the local branch; the global one has 2x)
     n_downsample: int = 4  # stride-2 convolutions (and transposed convolutions)
     n_blocks: int = 9  # residual blocks at the bottleneck
+    n_blocks_local: int = 3  # residual blocks of the local enhancer (netg=local)
     padding: str = "reflect"  # padding of the residual blocks: reflect | replicate | zero
+    # knowledge-boosted attention: stages among bottleneck, up1..up{n_downsample}; [] = off
+    kba_stages: list[str] = field(default_factory=lambda: ["bottleneck"])
 
 
 @dataclass
@@ -113,6 +117,9 @@ class DiscriminatorConfig:
 @dataclass
 class ModelConfig:
     window: int = 3  # K: frames predicted per autoregressive step (frames as channels)
+    # the mask guiding KBA, the knowledge-aware D and PatchNCE: knowledge (|early - late| > t),
+    # lesion (masks given with the data), none (all ones)
+    mask_source: str = "knowledge"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
@@ -122,7 +129,19 @@ class LossConfig:
     # weights of the generator's terms (METHOD.md "Losses"); 0 switches a term off
     gan: float = 2.0  # LSGAN adversarial term G_GAN
     feat: float = 10.0  # discriminator feature matching
+    vgg: float = 10.0  # VGG19 perceptual loss (needs vgg_weights)
+    gv: float = 5.0  # gradient variance (Sobel gradients, gv_patch x gv_patch patches)
+    nce: float = 1.0  # mask-enhanced PatchNCE
+    gan_km: float = 1.0  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
+    att: float = 1.0  # KBA auxiliary loss: BCE(attention, mask resized)
     l1: float = 0.0  # plain L1 to the real frames (not in the paper; for quick CPU demos)
+    vgg_weights: str = ""  # torchvision-format VGG19 ImageNet weights (vgg19-dcbb9e9d.pth)
+    gv_patch: int = 12
+    nce_layers: list[int] = field(default_factory=lambda: [0, 4, 8, 12, 16])  # generator layers compared
+    nce_patches: int = 256  # patches sampled per layer
+    nce_temperature: float = 0.07
+    nce_dim: int = 256  # width of the projector MLP
+    nce_identity: bool = True  # CUT mode: also the identity term NCE(real, fake), averaged with NCE(CF, fake)
 
 
 @dataclass
@@ -172,6 +191,7 @@ class LoggingConfig:
 
 @dataclass
 class ExperimentConfig:
+    base: str = ""  # an experiment this one overrides (name in the same folder, or a path)
     name: str = "fundus2video"  # experiment name: run directory and wandb run name
     seed: int = 7  # seeds python, numpy and torch (every rank)
     data: DataConfig = field(default_factory=DataConfig)
@@ -233,18 +253,11 @@ def parse_overrides(args: list[str]) -> list[str]:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Defaults <- experiment YAML <- overrides, validated against `ExperimentConfig`."""
     cfg = OmegaConf.structured(ExperimentConfig)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"experiment file not found: {path}")
+    for layer_path in _experiment_chain(Path(path)) if path is not None else []:
         try:
-            yaml_cfg = OmegaConf.load(path)
-        except Exception as err:  # yaml syntax errors come in many types
-            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-        try:
-            cfg = OmegaConf.merge(cfg, yaml_cfg)
+            cfg = OmegaConf.merge(cfg, _read_yaml(layer_path))
         except OmegaConfBaseException as err:
-            raise _explain(err, str(path)) from None
+            raise _explain(err, str(layer_path)) from None
     if overrides:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(parse_overrides(overrides)))
@@ -253,6 +266,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     _check(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml syntax errors come in many types
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def _experiment_chain(path: Path) -> list[Path]:
+    """`path` and the experiments it is based on (`base:`), most basic first."""
+    chain: list[Path] = []
+    while True:
+        if path in chain:
+            raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(map(str, chain))})")
+        chain.insert(0, path)
+        base = _read_yaml(path).get("base")
+        if not base:
+            return chain
+        candidates = [path.parent / f"{base}.yaml", path.parent.parent / f"{base}.yaml", Path(base)]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(f"{path}: base experiment '{base}' not found (looked for "
+                              f"{', '.join(map(str, candidates))})")
+        path = found
 
 
 def _check(cfg: DictConfig) -> None:
@@ -270,9 +310,9 @@ def _check(cfg: DictConfig) -> None:
     need(len(fr) == 3 and min(fr) >= 0 and abs(sum(fr) - 1) < 1e-6,
          f"data.split.fractions: expected three non-negative numbers summing to 1, got {fr}")
     need(cfg.data.size >= 16, f"data.size: {cfg.data.size} is too small (>= 16)")
-    div = 2 ** cfg.model.generator.n_downsample
+    div = 2 ** (cfg.model.generator.n_downsample + (cfg.model.generator.netg == "local"))
     need(cfg.data.size % div == 0,
-         f"data.size: {cfg.data.size} must be divisible by 2**model.generator.n_downsample = {div}")
+         f"data.size: {cfg.data.size} must be divisible by {div} (2**n_downsample, x2 for netg=local)")
     need(cfg.data.n_frames >= 2, "data.n_frames: need at least 2 frames (one to condition, one to predict)")
     need(cfg.model.window >= 1, "model.window: K must be >= 1")
     need(0.0 < cfg.data.km_threshold < 1.0, "data.km_threshold: expected a value in (0, 1)")
@@ -284,6 +324,16 @@ def _check(cfg: DictConfig) -> None:
         value = cfg.trainer[key]
         need(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
              f"trainer.{key}: expected a number >= 0 (int: batches, float: fraction), got {value!r}")
+    need(cfg.loss.gv == 0 or cfg.model.window == 3,
+         f"loss.gv: the release's gradient variance blends the window's three frames like RGB; it needs "
+         f"model.window=3 (got {cfg.model.window}) or loss.gv=0")
+    need(cfg.model.mask_source in ("knowledge", "lesion", "none"),
+         f"model.mask_source: '{cfg.model.mask_source}' is not one of knowledge, lesion, none")
+    need(cfg.model.generator.netg in ("global", "local"),
+         f"model.generator.netg: '{cfg.model.generator.netg}' is not one of global, local")
+    stages = ["bottleneck"] + [f"up{i}" for i in range(1, cfg.model.generator.n_downsample + 1)]
+    bad = [s for s in cfg.model.generator.kba_stages if s not in stages]
+    need(not bad, f"model.generator.kba_stages: unknown stage(s) {bad} (expected some of {stages})")
     need(cfg.rollout.ss_interval > 0, "rollout.ss_interval: must be > 0")
     need(cfg.optim.epochs_constant >= 0 and cfg.optim.epochs_decay >= 0,
          "optim.epochs_constant/epochs_decay: must be >= 0")

@@ -6,7 +6,11 @@ memory does not grow with the number of frames T (the method's memory-saving des
 The window's previous frames are detached: no gradient flows from one window into another.
 
 Order inside a window follows the authors' release: both losses are computed against the
-same discriminator, then G steps, then D steps (D on the detached fake).
+same discriminator, then G (with the PatchNCE projector) steps, then D steps (D on the
+detached fake). Loss terms (METHOD.md), each switched off by a zero weight:
+  G = gan * G_GAN + feat * FM + vgg * VGG + gv * GV + nce * NCE + gan_km * G_GAN_km
+      + att * KBA-BCE (+ l1 * L1, not in the paper)
+  D = 1/2 (D_real + D_fake) + 1/2 (D_real_km + D_fake_km)   (the km terms when gan_km > 0)
 """
 
 from __future__ import annotations
@@ -15,12 +19,24 @@ import random
 
 import lightning as L
 import torch
+from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from fundus2video.config import from_plain
-from fundus2video.losses import FeatureMatchingLoss, L1Loss, LSGANLoss
-from fundus2video.networks import GlobalGenerator, MultiscaleDiscriminator
+from fundus2video.errors import ConfigError
+from fundus2video.losses import (
+    FeatureMatchingLoss,
+    GradientVarianceLoss,
+    L1Loss,
+    LSGANLoss,
+    VGGLoss,
+    load_vgg19,
+    mask_enhanced_nce,
+)
+from fundus2video.networks import MultiscaleDiscriminator
+from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer, init_weights
+from fundus2video.networks.projector import PatchProjector, probe_channels
 from fundus2video.rollout import (
     cf_as_frames,
     num_windows,
@@ -58,13 +74,29 @@ class Fundus2VideoModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg = cfg = from_plain(config)
         self.automatic_optimization = False
-        k, g, d = cfg.model.window, cfg.model.generator, cfg.model.discriminator
+        k, g, d, w = cfg.model.window, cfg.model.generator, cfg.model.discriminator, cfg.loss
         # G sees the CF and the K previous frames; D sees the CF and K (real or fake) frames
-        self.generator = GlobalGenerator(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.padding)
+        if g.netg == "local":
+            self.generator = LocalEnhancer(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.n_blocks_local,
+                                           g.padding, list(g.kba_stages))
+        else:
+            self.generator = GlobalGenerator(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.padding,
+                                             list(g.kba_stages))
         self.discriminator = MultiscaleDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d)
+        init_weights(self.discriminator)
         self.gan_loss = LSGANLoss()
         self.feat_loss = FeatureMatchingLoss(d.n_layers)
+        self.gv_loss = GradientVarianceLoss(w.gv_patch)
         self.l1_loss = L1Loss()
+        # the PatchNCE projector, built here from the channels of the compared generator layers
+        self.projector = None
+        if w.nce > 0:
+            channels = probe_channels(self.generator.encode, 3 + k, list(w.nce_layers),
+                                      size=2 ** (g.n_downsample + 3))
+            if len(channels) != len(w.nce_layers):
+                raise ConfigError(f"loss.nce_layers {list(w.nce_layers)}: the generator has fewer layers")
+            self.projector = PatchProjector(channels, w.nce_dim)
+        self.vgg_loss: VGGLoss | None = None  # a frozen training-only network: loaded in `setup`
         self.val_metrics = torch.nn.ModuleDict({
             "psnr": PeakSignalNoiseRatio(data_range=1.0),
             "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
@@ -76,6 +108,11 @@ class Fundus2VideoModule(L.LightningModule):
         self.g_step = 0  # generator steps taken: the clock of the learning-rate schedule
         self.lr_factor = ConstantThenLinear()
 
+    def setup(self, stage: str) -> None:
+        """Load the VGG19 of the perceptual loss for training (never stored in checkpoints)."""
+        if stage == "fit" and self.cfg.loss.vgg > 0 and self.vgg_loss is None:
+            self.vgg_loss = VGGLoss(load_vgg19(self.cfg.loss.vgg_weights)).to(self.device)
+
     # ------------------------------------------------------------------ inference
     def forward(self, cf: torch.Tensor, n_frames: int) -> torch.Tensor:
         """Generate T frames for CF photos (B, 3, H, W) in [-1, 1] -> (B, T, 1, H, W)."""
@@ -85,7 +122,13 @@ class Fundus2VideoModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         betas = (o.beta1, o.beta2)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=o.lr, betas=betas)
+        # the projector trains with G (its own parameter group; Adam is per parameter, so this is
+        # the same as a third optimizer with the same settings), unlike the release, where it
+        # is zeroed right before its step and never changes
+        groups = [{"params": self.generator.parameters()}]
+        if self.projector is not None:
+            groups.append({"params": self.projector.parameters()})
+        opt_g = torch.optim.Adam(groups, lr=o.lr, betas=betas)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, betas=betas)
         # both schedules advance once per generator step (see `_step_schedules`), never per
         # Lightning `global_step`, which counts the steps of both optimizers
@@ -107,37 +150,84 @@ class Fundus2VideoModule(L.LightningModule):
             sched.step()
 
     # ------------------------------------------------------------------ losses
-    def _d_losses(self, pred_real, pred_fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """D: 1/2 (LSGAN(real, 1) + LSGAN(fake, 0))."""
-        parts = {"d_real": self.gan_loss(pred_real, True), "d_fake": self.gan_loss(pred_fake, False)}
-        return 0.5 * (parts["d_real"] + parts["d_fake"]), parts
+    def _mask(self, batch: dict) -> torch.Tensor:
+        """The guiding mask (B, 1, H, W) of `model.mask_source`."""
+        source = self.cfg.model.mask_source
+        if source == "none":
+            return torch.ones_like(batch["km"])
+        return batch["lesion"] if source == "lesion" else batch["km"]
 
-    def _g_losses(self, fake, target, pred_fake, pred_real) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _d_losses(self, pred_real, pred_fake, pred_real_km=None, pred_fake_km=None):
+        """D: 1/2 (LSGAN(real, 1) + LSGAN(fake, 0)) [+ 1/2 (the same on masked inputs)]."""
+        parts = {"d_real": self.gan_loss(pred_real, True), "d_fake": self.gan_loss(pred_fake, False)}
+        total = 0.5 * (parts["d_real"] + parts["d_fake"])
+        if pred_real_km is not None:
+            parts["d_real_km"] = self.gan_loss(pred_real_km, True)
+            parts["d_fake_km"] = self.gan_loss(pred_fake_km, False)
+            total = total + 0.5 * (parts["d_real_km"] + parts["d_fake_km"])
+        return total, parts
+
+    def _vgg(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """K = 3 frames go into VGG as the three colour channels, as in the release; other K
+        frame by frame (grey repeated to RGB), averaged."""
+        if fake.shape[1] == 3:
+            return self.vgg_loss(fake, target)
+        fold = lambda x: x.flatten(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)  # noqa: E731  (B*K, 3, H, W)
+        return self.vgg_loss(fold(fake), fold(target))
+
+    def _g_losses(self, cf, fake, target, km, pred_fake, pred_real, pred_fake_km=None, attention=None):
         """G: weighted sum of the enabled terms; each term is logged unweighted."""
         w = self.cfg.loss
         parts = {"g_gan": self.gan_loss(pred_fake, True)}
         if w.feat > 0:
             parts["g_feat"] = self.feat_loss(pred_fake, pred_real)
+        if w.vgg > 0:
+            parts["g_vgg"] = self._vgg(fake, target)
+        if w.gv > 0:
+            parts["g_gv"] = self.gv_loss(fake, target)
+        if w.nce > 0:
+            parts["g_nce"], nce_parts = mask_enhanced_nce(
+                self.generator.encode, self.projector, cf, fake, target, km, list(w.nce_layers),
+                w.nce_patches, w.nce_temperature, identity=w.nce_identity, in_channels=cf.shape[1] + fake.shape[1])
+            # logged only: the CF -> fake term and the identity (real -> fake) term
+            parts.update({{"nce": "g_nce_cf", "nce_idt": "g_nce_idt"}[k]: v.detach() for k, v in nce_parts.items()})
+        if pred_fake_km is not None:
+            parts["g_gan_km"] = self.gan_loss(pred_fake_km, True)
+        if attention:
+            # KBA: each stage's attention toward the mask at that stage's size (area-resized)
+            parts["g_att"] = sum(F.binary_cross_entropy_with_logits(
+                logit.float(), F.interpolate(km.float(), size=logit.shape[-2:], mode="area"))
+                for logit in attention.values()) / len(attention)
         if w.l1 > 0:
             parts["g_l1"] = self.l1_loss(fake, target)
-        weights = {"g_gan": w.gan, "g_feat": w.feat, "g_l1": w.l1}
-        return sum(weights[name] * value for name, value in parts.items()), parts
+        weights = {"g_gan": w.gan, "g_feat": w.feat, "g_vgg": w.vgg, "g_gv": w.gv, "g_nce": w.nce,
+                   "g_gan_km": w.gan_km, "g_att": w.att, "g_l1": w.l1}
+        total = sum(weights[name] * value for name, value in parts.items() if name in weights)
+        return total, parts
 
     # ------------------------------------------------------------------ training
-    def window_losses(self, cf, prev, target):
+    def window_losses(self, cf, prev, target, km):
         """One window's forward: the fake (B, K, H, W) and both losses, (g_total, g_parts,
         d_total, d_parts), all computed against the same discriminator."""
-        fake = self.generator(torch.cat([cf, prev], dim=1))
+        w = self.cfg.loss
+        want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
+        fake, attention = self.generator(torch.cat([cf, prev], dim=1), return_attention=True)
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
         pred_real = self.discriminator(real_in)
-        g_total, g_parts = self._g_losses(fake, target, self.discriminator(fake_in), pred_real)
-        d_total, d_parts = self._d_losses(pred_real, self.discriminator(fake_in.detach()))
+        kad = {}
+        if w.gan_km > 0:  # knowledge-aware D: the same D on inputs multiplied by the mask
+            kad = {"pred_real_km": self.discriminator(real_in * km),
+                   "pred_fake_km": self.discriminator(fake_in.detach() * km)}
+        g_total, g_parts = self._g_losses(
+            cf, fake, target, km, self.discriminator(fake_in), pred_real,
+            self.discriminator(fake_in * km) if kad else None, attention if want_att else None)
+        d_total, d_parts = self._d_losses(pred_real, self.discriminator(fake_in.detach()), **kad)
         return fake, g_total, g_parts, d_total, d_parts
 
-    def _window_step(self, cf, prev, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _window_step(self, cf, prev, target, km) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One window: forward, G step, D step. Returns the detached fake and the terms."""
         opt_g, opt_d = self.optimizers()
-        fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target)
+        fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target, km)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_total)
         opt_g.step()
@@ -150,6 +240,7 @@ class Fundus2VideoModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cf, video = batch["cf"], batch["frames"][:, :, 0]  # (B, 3, H, W), (B, T, H, W)
+        km = self._mask(batch)  # (B, 1, H, W)
         n_frames, k = video.shape[1], self.cfg.model.window
         p_real = real_share(self.video_step, self.cfg.rollout.ss_steps, self.cfg.rollout.ss_interval)
         sums: dict[str, torch.Tensor] = {}
@@ -158,7 +249,7 @@ class Fundus2VideoModule(L.LightningModule):
             if n > 0 and random.random() < p_real:
                 prev = video[:, previous_indices(n, n_frames, k)]
             target = video[:, target_indices(n, n_frames, k)]
-            prev, parts = self._window_step(cf, prev, target)
+            prev, parts = self._window_step(cf, prev, target, km)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
         self.video_step += 1

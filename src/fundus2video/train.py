@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from fundus2video.callbacks import KnowledgeMaskLogger, SampleVideoLogger
 from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
+from fundus2video.errors import ConfigError
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import atomic_path
 
@@ -116,8 +117,21 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def check_resources(cfg: DictConfig) -> None:
+    """Files the run needs, checked before anything is created."""
+    if cfg.loss.vgg > 0:
+        path = cfg.loss.vgg_weights
+        if not path:
+            raise ConfigError(f"loss.vgg={cfg.loss.vgg} needs VGG19 ImageNet weights: set loss.vgg_weights to "
+                              "the path of torchvision's vgg19-dcbb9e9d.pth, or loss.vgg=0")
+        if not Path(path).is_file():
+            raise ConfigError(f"loss.vgg_weights: file not found: {path} (expected torchvision's VGG19 "
+                              "ImageNet weights, vgg19-dcbb9e9d.pth)")
+
+
 def train(cfg: DictConfig) -> Path:
     """Train the experiment `cfg`; returns its run directory."""
+    check_resources(cfg)
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)

@@ -1,19 +1,35 @@
-"""pix2pixHD global generator (Wang et al. 2018), as the Fundus2Video release uses it.
+"""pix2pixHD generators (Wang et al. 2018) as Fundus2Video uses them, with knowledge-boosted
+attention (KBA).
 
-Layer sequence (all in one `nn.Sequential` called `model`, so parameter names and the layer
-indices used by PatchNCE, {0, 4, 8, 12, 16}, match pix2pixHD's `GlobalGenerator`):
+Global generator: one `nn.Sequential` called `model`, so parameter names and the layer indices
+PatchNCE uses, {0, 4, 8, 12, 16}, match pix2pixHD's `GlobalGenerator`:
   reflect-pad 3, conv 7x7 (ngf), IN, ReLU
   n_downsample x [conv 3x3 stride 2 (channels x2), IN, ReLU]
   n_blocks x residual block [pad, conv 3x3, IN, ReLU, pad, conv 3x3, IN] + skip
   n_downsample x [transposed conv 3x3 stride 2 (channels /2), IN, ReLU]
   reflect-pad 3, conv 7x7 (output_nc), tanh
 InstanceNorm has affine=False (no parameters), as in pix2pixHD.
+
+KBA (this project's formulation, METHOD.md; the release has no KBA code): at each configured
+stage, an attention head gives A = sigmoid(conv3x3(f)) in [0, 1]^(h x w) and the features are
+boosted, f' = f * (1 + A); training pulls A toward the knowledge mask resized to h x w (BCE),
+so at inference, from the CF alone, the generator attends where dynamics happen. Stages:
+"bottleneck" (after the residual blocks) and "up1".."up{n_downsample}" (after each upsampling
+block). With no stages the generator is exactly pix2pixHD's and loads its weights.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+
+def init_weights(module: nn.Module) -> None:
+    """pix2pixHD's initialisation: conv weights ~ N(0, 0.02) (biases keep PyTorch's default)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
 
 
 def _pad(kind: str, width: int) -> list[nn.Module]:
@@ -41,14 +57,21 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def kba_positions(n_downsample: int, n_blocks: int) -> dict[str, int]:
+    """Stage name -> index of the layer of `model` after which KBA acts."""
+    bottleneck = 4 + 3 * n_downsample + n_blocks - 1
+    return {"bottleneck": bottleneck, **{f"up{i}": bottleneck + 3 * i for i in range(1, n_downsample + 1)}}
+
+
 class GlobalGenerator(nn.Module):
     """Maps (B, input_nc, H, W) in [-1, 1] to (B, output_nc, H, W) in [-1, 1].
 
-    H and W must be divisible by 2**n_downsample.
+    H and W must be divisible by 2**n_downsample. `kba_stages` lists where knowledge-boosted
+    attention acts (empty: plain pix2pixHD).
     """
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, n_downsample: int = 4,
-                 n_blocks: int = 9, padding: str = "reflect"):
+                 n_blocks: int = 9, padding: str = "reflect", kba_stages: list[str] | tuple[str, ...] = ()):
         super().__init__()
         self.n_downsample = n_downsample
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7),
@@ -65,8 +88,30 @@ class GlobalGenerator(nn.Module):
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        positions = kba_positions(n_downsample, n_blocks)
+        unknown = [s for s in kba_stages if s not in positions]
+        if unknown:
+            raise ValueError(f"unknown KBA stage(s) {unknown}; expected some of {list(positions)}")
+        channels = {"bottleneck": ngf * 2**n_downsample,
+                    **{f"up{i}": ngf * 2 ** (n_downsample - i) for i in range(1, n_downsample + 1)}}
+        # attention heads, keyed by stage; `_kba_at` maps a layer index to its stage
+        self.attention = nn.ModuleDict({s: nn.Conv2d(channels[s], 1, 3, padding=1) for s in kba_stages})
+        self._kba_at = {positions[s]: s for s in kba_stages}
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """The generated frames; with `return_attention`, also the KBA logits per stage
+        (B, 1, h, w), for the auxiliary loss toward the knowledge mask."""
+        logits = {}
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in self._kba_at:
+                x, logits[self._kba_at[i]] = self._boost(self._kba_at[i], x)
+        return (x, logits) if return_attention else x
+
+    def _boost(self, stage: str, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit = self.attention[stage](f)
+        return f * (1 + torch.sigmoid(logit)), logit
 
     def encode(self, x: torch.Tensor, layer_ids: list[int]) -> list[torch.Tensor]:
         """Outputs of the layers `layer_ids` of `model` (index 0 = the input padding's output),
@@ -74,8 +119,50 @@ class GlobalGenerator(nn.Module):
         feats, last = [], max(layer_ids)
         for i, layer in enumerate(self.model):
             x = layer(x)
+            if i in self._kba_at:
+                x, _ = self._boost(self._kba_at[i], x)
             if i in layer_ids:
                 feats.append(x)
             if i == last:
                 break
         return feats
+
+
+class LocalEnhancer(nn.Module):
+    """pix2pixHD's local enhancer for higher resolutions: a global generator (ngf x 2) on the
+    input downsampled once, without its final conv layers, whose features are added to a local
+    branch at full resolution. Parameter names follow pix2pixHD (`model`, `model1_1`, `model1_2`);
+    KBA acts in the global part. One enhancer level (pix2pixHD's default).
+    """
+
+    def __init__(self, input_nc: int, output_nc: int, ngf: int = 32, n_downsample: int = 3,
+                 n_blocks: int = 9, n_blocks_local: int = 3, padding: str = "reflect",
+                 kba_stages: list[str] | tuple[str, ...] = ()):
+        super().__init__()
+        self.global_net = GlobalGenerator(input_nc, output_nc, 2 * ngf, n_downsample, n_blocks, padding, kba_stages)
+        del self.global_net.model[-3:]  # the global branch ends at its last upsampling block
+        self.model1_1 = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
+            nn.Conv2d(ngf, 2 * ngf, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * ngf), nn.ReLU(True))
+        self.model1_2 = nn.Sequential(
+            *[ResnetBlock(2 * ngf, padding) for _ in range(n_blocks_local)],
+            nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1),
+            nn.InstanceNorm2d(ngf), nn.ReLU(True),
+            nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh())
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        small = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+        coarse, logits = self.global_net(small, return_attention=True)
+        out = self.model1_2(self.model1_1(x) + coarse)
+        return (out, logits) if return_attention else out
+
+    def encode(self, x: torch.Tensor, layer_ids: list[int]) -> list[torch.Tensor]:
+        """PatchNCE features: layers of the global branch on the downsampled input."""
+        small = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+        return self.global_net.encode(small, layer_ids)
+
+
+def pix2pixhd_generator_key(name: str) -> str:
+    """Our LocalEnhancer name `global_net.model.i...` -> pix2pixHD's `model.i...` (others as is)."""
+    return name.replace("global_net.", "", 1) if name.startswith("global_net.") else name
