@@ -17,9 +17,18 @@ from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
 from fundus2video.train import build_trainer, train
 from fundus2video.weights import import_weights
 
+# the full method (the smoke experiment the tiny configs start from is the backbone only)
+FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.gan_km=1", "loss.nce=1", "loss.gv=5",
+        "model.init=normal", "loss.nce_layers=[0,4,8,12,16]"]
 
-def _module(tiny, *overrides):
-    return Fundus2VideoModule(to_plain(tiny(*overrides)))
+
+@pytest.fixture
+def full(tiny):
+    return lambda *overrides: tiny(*FULL, *overrides)
+
+
+def _module(full, *overrides):
+    return Fundus2VideoModule(to_plain(full(*overrides)))
 
 
 def _inputs(seed=0, s=32):
@@ -43,8 +52,8 @@ def test_kba_off_is_plain_pix2pixhd_and_on_adds_heads():
         GlobalGenerator(6, 3, ngf=8, n_downsample=2, n_blocks=2, kba_stages=["up9"])
 
 
-def test_kba_loss_pulls_attention_toward_the_mask(tiny):
-    m = _module(tiny, "loss.nce=0", "loss.gan_km=0")
+def test_kba_loss_pulls_attention_toward_the_mask(full):
+    m = _module(full, "loss.nce=0", "loss.gan_km=0")
     cf, prev, target, km = _inputs()
     _, _, parts, _, _ = m.window_losses(cf, prev, target, km)
     _, _, parts_other, _, _ = m.window_losses(cf, prev, target, 1 - km)
@@ -54,8 +63,8 @@ def test_kba_loss_pulls_attention_toward_the_mask(tiny):
     assert m.generator.attention["bottleneck"].weight.grad.abs().sum() > 0
 
 
-def test_knowledge_aware_d_terms_ignore_pixels_outside_the_mask(tiny):
-    m = _module(tiny, "loss.nce=0")
+def test_knowledge_aware_d_terms_ignore_pixels_outside_the_mask(full):
+    m = _module(full, "loss.nce=0")
     cf, prev, target, km = _inputs()
     _, _, g1, _, d1 = m.window_losses(cf, prev, target, km)
     outside = 1 - km
@@ -67,17 +76,17 @@ def test_knowledge_aware_d_terms_ignore_pixels_outside_the_mask(tiny):
     assert not torch.allclose(d1["d_real"], d2["d_real"])  # the plain D does see those pixels
 
 
-def test_mask_sources(tiny):
+def test_mask_sources(full):
     batch = {"km": torch.zeros(1, 1, 4, 4), "lesion": torch.ones(1, 1, 4, 4) * 0.5}
-    assert torch.equal(_module(tiny)._mask(batch), batch["km"])
-    assert torch.equal(_module(tiny, "model.mask_source=lesion")._mask(batch), batch["lesion"])
-    assert torch.equal(_module(tiny, "model.mask_source=none")._mask(batch), torch.ones(1, 1, 4, 4))
+    assert torch.equal(_module(full)._mask(batch), batch["km"])
+    assert torch.equal(_module(full, "model.mask_source=lesion")._mask(batch), batch["lesion"])
+    assert torch.equal(_module(full, "model.mask_source=none")._mask(batch), torch.ones(1, 1, 4, 4))
 
 
-def test_projector_is_trained(tiny):
+def test_projector_is_trained(full):
     # an all-ones mask: the tiny phantom cases may have an empty knowledge mask at 32 x 32, and an
     # all-zero masked input gives the projector no gradient
-    cfg = tiny("trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=0",
+    cfg = full("trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=0",
                "model.mask_source=none")
     module = Fundus2VideoModule(to_plain(cfg))
     before = {k: v.clone() for k, v in module.projector.state_dict().items()}
@@ -113,9 +122,9 @@ def _release_style_losses(m, cf, prev, target, km):
     return fake, g, d
 
 
-def test_loss_terms_equal_the_release_formulas(tiny):
+def test_loss_terms_equal_the_release_formulas(full):
     # KBA and NCE have no release counterpart (KBA is ours, NCE samples at random): off here
-    m = _module(tiny, "loss.nce=0", "loss.att=0", "model.generator.kba_stages=[]", "loss.l1=0")
+    m = _module(full, "loss.nce=0", "loss.att=0", "model.generator.kba_stages=[]", "loss.l1=0")
     cf, prev, target, km = _inputs(3)
     fake, g, _, d, parts = m.window_losses(cf, prev, target, km)
     ref_fake, ref_g, ref_d = _release_style_losses(m, cf, prev, target, km)
@@ -132,9 +141,9 @@ def _module_gv(m, fake, target):
     return m.gv_loss(fake, target)
 
 
-def _pix2pixhd_files(tmp_path, tiny):
+def _pix2pixhd_files(tmp_path, full):
     """A 'release' checkpoint: a reference module's G and D saved under pix2pixHD's names."""
-    ref = _module(tiny, "model.generator.kba_stages=[]")
+    ref = _module(full, "model.generator.kba_stages=[]")
     torch.save(ref.generator.state_dict(), tmp_path / "latest_net_G.pth")
     num_d = ref.cfg.model.discriminator.num_d
     torch.save({pix2pixhd_key(k, num_d): v for k, v in ref.discriminator.state_dict().items()},
@@ -142,9 +151,9 @@ def _pix2pixhd_files(tmp_path, tiny):
     return ref
 
 
-def test_import_weights_round_trip_and_mismatch(tmp_path, tiny):
-    ref = _pix2pixhd_files(tmp_path, tiny)
-    cfg = tiny()  # the full method: KBA heads have no release counterpart and stay initialised
+def test_import_weights_round_trip_and_mismatch(tmp_path, full):
+    ref = _pix2pixhd_files(tmp_path, full)
+    cfg = full()  # the full method: KBA heads have no release counterpart and stay initialised
     out = import_weights(cfg, tmp_path / "latest_net_G.pth", tmp_path / "model.ckpt", tmp_path / "latest_net_D.pth")
     torch.load(out, weights_only=True)
     loaded = Fundus2VideoModule.load_from_checkpoint(out, map_location="cpu")
@@ -154,16 +163,16 @@ def test_import_weights_round_trip_and_mismatch(tmp_path, tiny):
         assert torch.equal(loaded.discriminator.state_dict()[k], v)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     plain = Fundus2VideoModule.load_from_checkpoint(
-        import_weights(tiny("model.generator.kba_stages=[]"), tmp_path / "latest_net_G.pth", tmp_path / "p.ckpt"))
+        import_weights(full("model.generator.kba_stages=[]"), tmp_path / "latest_net_G.pth", tmp_path / "p.ckpt"))
     assert torch.equal(plain(x, 4), ref(x, 4))  # identical weights, identical videos
     with pytest.raises(UserError, match="wrong shape"):
-        import_weights(tiny("model.generator.ngf=16"), tmp_path / "latest_net_G.pth", tmp_path / "bad.ckpt")
+        import_weights(full("model.generator.ngf=16"), tmp_path / "latest_net_G.pth", tmp_path / "bad.ckpt")
     with pytest.raises(UserError, match="weights file not found"):
         import_weights(cfg, tmp_path / "nope.pth", tmp_path / "bad.ckpt")
 
 
-def test_import_weights_cli(tmp_path, tiny):
-    _pix2pixhd_files(tmp_path, tiny)
+def test_import_weights_cli(tmp_path, full):
+    _pix2pixhd_files(tmp_path, full)
     from tests.conftest import TINY
 
     base = [sys.executable, "-m", "fundus2video", "import-weights", "--config", "smoke"]
@@ -183,11 +192,11 @@ def test_local_enhancer_names_follow_pix2pixhd():
     assert net.global_net.model[1].in_channels == 6 and net.global_net.model[1].out_channels == 16  # 2 x ngf
 
 
-def test_vgg_needs_its_weights_file(tiny):
+def test_vgg_needs_its_weights_file(full):
     with pytest.raises(ConfigError, match="vgg19-dcbb9e9d.pth"):
-        train(tiny("loss.vgg=10"))
+        train(full("loss.vgg=10"))
     with pytest.raises(ConfigError, match="file not found: /no/such/vgg.pth"):
-        train(tiny("loss.vgg=10", "loss.vgg_weights=/no/such/vgg.pth"))
+        train(full("loss.vgg=10", "loss.vgg_weights=/no/such/vgg.pth"))
 
 
 def test_every_experiment_trains_a_fast_dev_run(tmp_path):

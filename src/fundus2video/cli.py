@@ -97,7 +97,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 def cmd_ablation(args: argparse.Namespace) -> int:
     from fundus2video.ablation import run_ablation
 
-    out = run_ablation(args.out, args.variants or None, args.overrides)
+    out = run_ablation(args.out, args.variants or None, args.overrides, evaluate_only=args.evaluate_only)
     print((out / "ablation.md").read_text())
     print(f"table: {out / 'ablation.md'}, {out / 'ablation.csv'}; picture: {out / 'ablation.png'}")
     return 0
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     abl = sub.add_parser("ablation", help="train the method, the baseline and the ablations; table of scores")
     abl.add_argument("--out", default="runs/ablation", help="output folder")
     abl.add_argument("--variants", nargs="*", help="experiments to run (default: all seven)")
+    abl.add_argument("--evaluate-only", action="store_true",
+                     help="re-evaluate the variants already trained in --out instead of training")
     abl.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
     return parser
 

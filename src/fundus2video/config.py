@@ -120,6 +120,9 @@ class ModelConfig:
     # the mask guiding KBA, the knowledge-aware D and PatchNCE: knowledge (|early - late| > t),
     # lesion (masks given with the data), none (all ones)
     mask_source: str = "knowledge"
+    # weight initialisation of G and D: normal (pix2pixHD: conv weights ~ N(0, 0.02)) | pytorch
+    # (PyTorch's defaults; converges faster for the narrow networks of CPU demos)
+    init: str = "normal"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
@@ -329,6 +332,7 @@ def _check(cfg: DictConfig) -> None:
          f"model.window=3 (got {cfg.model.window}) or loss.gv=0")
     need(cfg.model.mask_source in ("knowledge", "lesion", "none"),
          f"model.mask_source: '{cfg.model.mask_source}' is not one of knowledge, lesion, none")
+    need(cfg.model.init in ("normal", "pytorch"), f"model.init: '{cfg.model.init}' is not one of normal, pytorch")
     need(cfg.model.generator.netg in ("global", "local"),
          f"model.generator.netg: '{cfg.model.generator.netg}' is not one of global, local")
     stages = ["bottleneck"] + [f"up{i}" for i in range(1, cfg.model.generator.n_downsample + 1)]

@@ -83,7 +83,9 @@ class Fundus2VideoModule(L.LightningModule):
             self.generator = GlobalGenerator(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.padding,
                                              list(g.kba_stages))
         self.discriminator = MultiscaleDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d)
-        init_weights(self.discriminator)
+        if cfg.model.init == "normal":
+            init_weights(self.generator)
+            init_weights(self.discriminator)
         self.gan_loss = LSGANLoss()
         self.feat_loss = FeatureMatchingLoss(d.n_layers)
         self.gv_loss = GradientVarianceLoss(w.gv_patch)
@@ -206,22 +208,36 @@ class Fundus2VideoModule(L.LightningModule):
         return total, parts
 
     # ------------------------------------------------------------------ training
+    def _discriminate(self, *inputs: torch.Tensor) -> list[list[list[torch.Tensor]]]:
+        """D on several inputs in one batched call (D is per-sample: instance norm, convs), split
+        back into one output per input."""
+        n = inputs[0].shape[0]
+        outs = self.discriminator(torch.cat(inputs, dim=0))
+        return [[[f[i * n:(i + 1) * n] for f in scale] for scale in outs] for i in range(len(inputs))]
+
     def window_losses(self, cf, prev, target, km):
         """One window's forward: the fake (B, K, H, W) and both losses, (g_total, g_parts,
-        d_total, d_parts), all computed against the same discriminator."""
+        d_total, d_parts), all computed against the same discriminator.
+
+        D runs twice: once on the inputs of its own loss (real and the detached fake, each also
+        masked when the knowledge-aware terms are on), once on the fake for G's loss with D's
+        weights frozen, since G's loss must not produce gradients for D."""
         w = self.cfg.loss
         want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
+        kad = w.gan_km > 0  # knowledge-aware D: the same D on inputs multiplied by the mask
         fake, attention = self.generator(torch.cat([cf, prev], dim=1), return_attention=True)
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
-        pred_real = self.discriminator(real_in)
-        kad = {}
-        if w.gan_km > 0:  # knowledge-aware D: the same D on inputs multiplied by the mask
-            kad = {"pred_real_km": self.discriminator(real_in * km),
-                   "pred_fake_km": self.discriminator(fake_in.detach() * km)}
-        g_total, g_parts = self._g_losses(
-            cf, fake, target, km, self.discriminator(fake_in), pred_real,
-            self.discriminator(fake_in * km) if kad else None, attention if want_att else None)
-        d_total, d_parts = self._d_losses(pred_real, self.discriminator(fake_in.detach()), **kad)
+        fake_d = fake_in.detach()
+        masked = (real_in * km, fake_d * km) if kad else ()
+        pred_real, pred_fake_d, *km_d = self._discriminate(real_in, fake_d, *masked)
+        self.discriminator.requires_grad_(False)
+        try:
+            pred_fake, *km_g = self._discriminate(fake_in, *((fake_in * km,) if kad else ()))
+        finally:
+            self.discriminator.requires_grad_(True)
+        g_total, g_parts = self._g_losses(cf, fake, target, km, pred_fake, pred_real, km_g[0] if kad else None,
+                                          attention if want_att else None)
+        d_total, d_parts = self._d_losses(pred_real, pred_fake_d, *km_d)
         return fake, g_total, g_parts, d_total, d_parts
 
     def _window_step(self, cf, prev, target, km) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -97,7 +97,6 @@ class GlobalGenerator(nn.Module):
         # attention heads, keyed by stage; `_kba_at` maps a layer index to its stage
         self.attention = nn.ModuleDict({s: nn.Conv2d(channels[s], 1, 3, padding=1) for s in kba_stages})
         self._kba_at = {positions[s]: s for s in kba_stages}
-        init_weights(self)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """The generated frames; with `return_attention`, also the KBA logits per stage
@@ -149,7 +148,6 @@ class LocalEnhancer(nn.Module):
             nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1),
             nn.InstanceNorm2d(ngf), nn.ReLU(True),
             nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh())
-        init_weights(self)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         small = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
