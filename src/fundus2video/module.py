@@ -172,6 +172,9 @@ class Fundus2VideoModule(L.LightningModule):
     def _vgg(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """K = 3 frames go into VGG as the three colour channels, as in the release; other K
         frame by frame (grey repeated to RGB), averaged."""
+        if self.vgg_loss is None:
+            raise ConfigError("loss.vgg > 0 but the VGG19 is not loaded: it loads in setup('fit') from "
+                              "loss.vgg_weights (outside a Trainer, call module.setup('fit') first)")
         if fake.shape[1] == 3:
             return self.vgg_loss(fake, target)
         fold = lambda x: x.flatten(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)  # noqa: E731  (B*K, 3, H, W)
