@@ -28,7 +28,7 @@ from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.train import train
 from fundus2video.video_io import atomic_path, write_png
-from fundus2video.visuals import _header, enlarge, to_uint8
+from fundus2video.visuals import enlarge, label_band, to_uint8
 
 log = logging.getLogger("fundus2video")
 
@@ -98,7 +98,7 @@ def contact_sheet(cases: dict[str, dict], n_columns: int = 6) -> np.ndarray:
     blocks = []
     for name, video in rows:
         row = np.hstack([cf] + [enlarge(to_uint8(video[i])) for i in cols])
-        blocks.append(np.vstack([_header(row.shape[1], [name] + [f"frame {i}" for i in cols]), row]))
+        blocks.append(np.vstack([label_band(row.shape[1], [name] + [f"frame {i}" for i in cols]), row]))
     return np.vstack(blocks)
 
 

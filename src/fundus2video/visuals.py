@@ -27,7 +27,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img.transpose(1, 2, 0).copy()
 
 
-def _header(width: int, labels: list[str], height: int = 18) -> np.ndarray:
+def label_band(width: int, labels: list[str], height: int = 18) -> np.ndarray:
     """A black band with one label centred over each of len(labels) equal panels."""
     band = np.zeros((height, width, 3), np.uint8)
     panel = width // len(labels)
@@ -48,7 +48,7 @@ def side_by_side(cf: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> np
     cf_img = enlarge(to_uint8(cf))
     rows = [np.hstack([cf_img, enlarge(to_uint8(r)), enlarge(to_uint8(f))])
             for r, f in zip(real, fake, strict=True)]
-    band = _header(rows[0].shape[1], ["CF", "real FFA", "generated"])
+    band = label_band(rows[0].shape[1], ["CF", "real FFA", "generated"])
     return np.stack([np.vstack([band, row]) for row in rows])
 
 
@@ -67,4 +67,4 @@ def mask_panel(cf: torch.Tensor, km: torch.Tensor, roi: torch.Tensor) -> np.ndar
     """CF | CF with mask overlay | the mask alone, with a header: (18 + h, 3w, 3) uint8."""
     km_img = to_uint8(km.float() * 2 - 1)
     row = np.hstack([enlarge(to_uint8(cf)), enlarge(mask_overlay(cf, km, roi)), enlarge(km_img)])
-    return np.vstack([_header(row.shape[1], ["CF", "KM + field of view", "knowledge mask"]), row])
+    return np.vstack([label_band(row.shape[1], ["CF", "KM + field of view", "knowledge mask"]), row])
