@@ -10,3 +10,12 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`fundus2video.generate_video` without importing torch at `import fundus2video`."""
+    if name == "generate_video":
+        from fundus2video.generate import generate_video
+
+        return generate_video
+    raise AttributeError(f"module 'fundus2video' has no attribute '{name}'")

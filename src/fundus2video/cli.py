@@ -103,6 +103,22 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fundus2video.generate import generate_video, load_module, photos_in
+
+    photos = photos_in(args.cf)
+    module = load_module(args.ckpt, args.device)
+    out = Path(args.out)
+    formats = ("mp4", "gif") if args.gif else ("mp4",)
+    for photo in tqdm(photos, desc="generating", unit="photo", disable=len(photos) == 1):
+        target = out / f"{photo.stem}.mp4" if len(photos) > 1 or out.is_dir() else out
+        result = generate_video(module, photo, target, args.frames, formats, args.fps, args.strip, args.side_by_side)
+        print(" ".join(str(p) for p in result.paths))
+    return 0
+
+
 def _split_flags(rest: list[str], flags: set[str]) -> tuple[set[str], list[str]]:
     """Separate our own `--flag`s from overrides (which may also start with `--`)."""
     found = {a for a in rest if a in flags}
@@ -141,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--config", required=True, help="experiment matching the weights (e.g. pix2pixhd)")
     imp.add_argument("--out", required=True, help="checkpoint to write (.ckpt)")
     imp.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
+    gen = sub.add_parser("generate", help="an FFA video from a colour fundus photo (or a folder of them)")
+    gen.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt)")
+    gen.add_argument("--cf", required=True, help="a CF photo, or a folder of photos")
+    gen.add_argument("--out", required=True, help="video.mp4 (one photo) or a folder (several)")
+    gen.add_argument("--frames", type=int, default=None, help="frames to generate (default: the training T)")
+    gen.add_argument("--fps", type=int, default=4)
+    gen.add_argument("--gif", action="store_true", help="also write a gif")
+    gen.add_argument("--strip", action="store_true", help="also write a PNG strip: CF and every frame")
+    gen.add_argument("--side-by-side", action="store_true", help="also write CF | generated as <stem>_sbs.mp4")
+    gen.add_argument("--device", default="cpu", help="cpu or cuda")
     abl = sub.add_parser("ablation", help="train the method, the baseline and the ablations; table of scores")
     abl.add_argument("--out", default="runs/ablation", help="output folder")
     abl.add_argument("--variants", nargs="*", help="experiments to run (default: all seven)")
@@ -159,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
                 "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
-                "ablation": cmd_ablation}
+                "ablation": cmd_ablation, "generate": cmd_generate}
     try:
         return commands[command](args)
     except UserError as err:  # configuration and data problems: the message says it all
