@@ -1,8 +1,9 @@
 import cv2
 import numpy as np
 import torch
+from fundus2video.data_modules.transforms import PairedTransform
 
-from fundus2video.knowledge import fov_mask, knowledge_mask, prepare_case, roi_box
+from fundus2video.knowledge import crop_to_roi, fov_mask, knowledge_mask, roi_box
 
 
 def _disc(size=64, radius=24):
@@ -28,10 +29,12 @@ def test_fov_requires_frames_above_two():
     assert mask[32, 40] and not mask[32, 15]
 
 
-def test_prepare_case_crops_to_roi_and_zeroes_outside():
+def test_crop_to_roi_then_resize_zeroes_outside():
     cf = _disc(64, 20)
     frames = np.full((3, 64, 64), 80, np.uint8)
-    out = prepare_case(cf, frames, 32)
+    crop = crop_to_roi(cf, frames)
+    cf_s, frames_s, masks = PairedTransform(32, train=False)(crop["cf"], crop["frames"], {"roi": crop["roi"]})
+    out = {"cf": cf_s, "frames": frames_s, "roi": masks["roi"]}
     assert out["cf"].shape == (32, 32, 3) and out["frames"].shape == (3, 32, 32)
     y0, y1, x0, x1 = roi_box(fov_mask(cf, frames))
     assert y1 - y0 < 64  # cropped to the disc (dilated by the cross kernel)

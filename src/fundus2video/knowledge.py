@@ -5,7 +5,7 @@ by every code path so that training and inference see identically prepared image
 Method facts (METHOD.md, "Data" and "Knowledge mask"), read from the authors' release:
 - ROI = (CF green > 11) AND (every FFA frame > 2), largest connected component, dilated with an
   11 x 11 cross, holes filled. Outside is zeroed; everything is cropped to the ROI's bounding
-  box and resized to S x S.
+  box and resized to S x S (the resize, plain or augmented, is data_modules/transforms.py).
 - KM = 1[|early - late| > 45/255] on the green channel of the first and last frame.
 """
 
@@ -64,13 +64,6 @@ def roi_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
-def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int,
-                interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """Crop `image` (H, W[, C]) to `box` and resize to size x size."""
-    y0, y1, x0, x1 = box
-    return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=interpolation)
-
-
 def crop_to_roi(cf: np.ndarray, frames: np.ndarray,
                 masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The release's field-of-view step: ROI mask, zero outside, crop to the ROI box.
@@ -86,18 +79,6 @@ def crop_to_roi(cf: np.ndarray, frames: np.ndarray,
     for name, mask in (masks or {}).items():
         out[name] = mask[y0:y1, x0:x1].astype(bool)
     return out
-
-
-def prepare_case(cf: np.ndarray, frames: np.ndarray, size: int,
-                 extra_masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """`crop_to_roi`, then resize everything to size x size (masks by nearest neighbour)."""
-    out = crop_to_roi(cf, frames, extra_masks)
-    full = (0, out["roi"].shape[0], 0, out["roi"].shape[1])
-    resized = {"cf": crop_resize(out["cf"], full, size),
-               "frames": np.stack([crop_resize(f, full, size) for f in out["frames"]])}
-    for name in out.keys() - resized.keys():
-        resized[name] = crop_resize(out[name].astype(np.uint8), full, size, cv2.INTER_NEAREST).astype(bool)
-    return resized
 
 
 def knowledge_mask(early: np.ndarray | torch.Tensor, late: np.ndarray | torch.Tensor,

@@ -160,7 +160,3 @@ class LocalEnhancer(nn.Module):
         small = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
         return self.global_net.encode(small, layer_ids)
 
-
-def pix2pixhd_generator_key(name: str) -> str:
-    """Our LocalEnhancer name `global_net.model.i...` -> pix2pixHD's `model.i...` (others as is)."""
-    return name.replace("global_net.", "", 1) if name.startswith("global_net.") else name
