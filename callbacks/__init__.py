@@ -1,5 +1,6 @@
-"""Lightning callbacks: knowledge-mask images and sample videos."""
+"""Lightning callbacks: knowledge-mask images, sample videos, interruption-safe checkpoints."""
 
+from fundus2video.callbacks.checkpointing import AtomicCheckpointIO, ResumableCheckpoint
 from fundus2video.callbacks.visual import KnowledgeMaskLogger, SampleVideoLogger
 
-__all__ = ["KnowledgeMaskLogger", "SampleVideoLogger"]
+__all__ = ["AtomicCheckpointIO", "KnowledgeMaskLogger", "ResumableCheckpoint", "SampleVideoLogger"]

@@ -15,6 +15,7 @@ import lightning as L
 from fundus2video.data_modules.cases import CaseRecord, folder_records, manifest_records
 from fundus2video.data_modules.check import bad_cases_message, check_records
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
+from fundus2video.data_modules.sampling import SeededSampler
 from fundus2video.data_modules.splits import SPLITS, check_disjoint, read_split, split_by_patient, write_split
 from fundus2video.data_modules.transforms import PairedTransform
 from torch.utils.data import DataLoader, Dataset
@@ -38,11 +39,13 @@ class Fundus2VideoDataModule(L.LightningDataModule):
     dict), `min_frames` the fewest frames a case needs (window K + 1), `run_dir` where
     `split.csv` is written."""
 
-    def __init__(self, data: dict, min_frames: int = 2, run_dir: str | Path | None = None):
+    def __init__(self, data: dict, min_frames: int = 2, run_dir: str | Path | None = None, seed: int = 0):
         super().__init__()
-        self.cfg, self.min_frames = data, min_frames
+        self.cfg, self.min_frames, self.seed = data, min_frames, seed
         self.run_dir = Path(run_dir) if run_dir else None
         self.datasets: dict[str, Dataset] = {}
+        self.samplers: dict[str, SeededSampler] = {}
+        self._resume: tuple[int, int] | None = None  # (epoch, training items already seen)
 
     def _transform(self, split: str) -> PairedTransform:
         train = split == "train" and self.cfg["augment_train"]
@@ -93,11 +96,15 @@ class Fundus2VideoDataModule(L.LightningDataModule):
             self.datasets = self._phantom() if self.cfg["source"] == "phantom" else self._files()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """Order and per-sample seeds from `SeededSampler` (exact resume, DDP sharding)."""
         self.setup()
         workers = self.cfg["num_workers"]
-        return DataLoader(self.datasets[split], batch_size=self.cfg["batch_size"], shuffle=shuffle,
+        sampler = self.samplers[split] = SeededSampler(len(self.datasets[split]), self.seed, shuffle)
+        if split == "train" and self._resume is not None:
+            sampler.skip(self._resume[1], epoch=self._resume[0])
+        return DataLoader(self.datasets[split], batch_size=self.cfg["batch_size"], sampler=sampler,
                           num_workers=workers, persistent_workers=workers > 0,
-                          drop_last=shuffle and len(self.datasets[split]) > self.cfg["batch_size"])
+                          drop_last=shuffle and len(sampler) > self.cfg["batch_size"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -107,6 +114,22 @@ class Fundus2VideoDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: where in which epoch training stands (mid-epoch resume)."""
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop
+        epochs = loop.epoch_progress.current
+        # between epochs (the epoch-end checkpoint) the batch counters still describe the finished one
+        done = loop.epoch_loop.batch_progress.current.processed if epochs.ready > epochs.completed else 0
+        return {"epoch": epochs.completed, "train_items_seen": done * self.cfg["batch_size"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:
+            self._resume = (int(state["epoch"]), int(state["train_items_seen"]))
+            if "train" in self.samplers:
+                self.samplers["train"].skip(self._resume[1], epoch=self._resume[0])
 
     def windows_per_video(self) -> float:
         """Mean generator steps per training video, for schedules counted in generator steps."""

@@ -52,13 +52,20 @@ class _CaseDataset(Dataset):
                  km_threshold: float = KM_THRESHOLD):
         self.size, self.train, self.transform, self.km_threshold = size, train, transform, km_threshold
 
-    def raw(self, i: int) -> tuple[RawCase, str, str]:
+    def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         raise NotImplementedError
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """`item`: an index, or (index, sample_seed) from `SeededSampler`: the sample's random draws
+        (augmentation, frame selection) are then a function of the seed alone."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        raw, case_id, patient_id = self.raw(i)
+        rng = None
+        if seed is not None:
+            self.transform.reseed(seed)
+            rng = np.random.default_rng(seed)
+        raw, case_id, patient_id = self.raw(i, rng)
         masks = {"lesion": raw.lesion} if raw.lesion is not None else {}
         crop = crop_to_roi(raw.cf, raw.frames, masks)
         cf, frames, out = self.transform(crop["cf"], crop["frames"],
@@ -84,7 +91,7 @@ class PhantomVideoDataset(_CaseDataset):
     def __len__(self) -> int:
         return self.n_cases
 
-    def raw(self, i: int) -> tuple[RawCase, str, str]:
+    def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         if i not in self._cache:
             c = make_case(SPLIT_OFFSET[self.split] + i, size=self.render_size, n_frames=self.n_frames,
                           seed=self.seed)
@@ -107,9 +114,11 @@ class FileVideoDataset(_CaseDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def raw(self, i: int) -> tuple[RawCase, str, str]:
+    def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         rec = self.records[i]
-        raw = load_case(rec, self.per_phase, self.n_frames, rng=_torch_rng() if self.train else None)
+        if self.train and rng is None:
+            rng = _torch_rng()
+        raw = load_case(rec, self.per_phase, self.n_frames, rng=rng if self.train else None)
         return raw, rec.case_id, rec.patient_id
 
     def windows_per_video(self) -> float:

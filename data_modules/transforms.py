@@ -174,6 +174,11 @@ class PairedTransform:
             self._reseed(torch.initial_seed())
             self._pid = os.getpid()
 
+    def reseed(self, seed: int) -> None:
+        """Fix the next draws to a function of `seed` (per-sample seeding, see sampling.py)."""
+        self._reseed(seed)
+        self._pid = os.getpid()
+
     def _reseed(self, seed: int) -> None:
         # One shared generator per pipeline: Compose(seed=...) gives every transform its own generator
         # seeded alike, so e.g. the horizontal and vertical flips would always be drawn together.

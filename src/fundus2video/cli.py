@@ -51,9 +51,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
-    from fundus2video.train import train
+    from fundus2video.train import Interrupted, resolve_resume, train
 
-    run_dir = train(cfg)
+    resume = resolve_resume(cfg, args.resume) if args.resume else None
+    try:
+        run_dir = train(cfg, resume)
+    except Interrupted as stop:
+        print(f"\n{stop}\nresume with: fundus2video train {args.experiment} --resume {stop.checkpoint}")
+        return 143  # 128 + SIGTERM, the status a job killed by the signal would have
     print(f"\nrun directory: {run_dir}\n"
           f"  config.yaml, checkpoints/last.ckpt, metrics.csv, knowledge_masks.png,\n"
           f"  samples/last.mp4 and samples/last.gif (CF | real FFA | generated FFA)")
@@ -119,6 +124,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _take_option(rest: list[str], option: str) -> tuple[str | None, list[str]]:
+    """Take `option VALUE` or `option=VALUE` out of the overrides."""
+    for i, arg in enumerate(rest):
+        if arg == option:
+            if i + 1 == len(rest):
+                raise ConfigError(f"{option} needs a value")
+            return rest[i + 1], rest[:i] + rest[i + 2:]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1], rest[:i] + rest[i + 1:]
+    return None, rest
+
+
 def _split_flags(rest: list[str], flags: set[str]) -> tuple[set[str], list[str]]:
     """Separate our own `--flag`s from overrides (which may also start with `--`)."""
     found = {a for a in rest if a in flags}
@@ -135,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("experiment", help="experiments/NAME.yaml or NAME")
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
         if name == "train":
-            p.epilog = "--dry-run: print the resolved configuration and stop"
+            p.epilog = ("--dry-run: print the resolved configuration and stop. --resume last|PATH: continue "
+                        "exactly from a checkpoint (last: <logging.root>/<name>/latest/checkpoints/last.ckpt)")
     data = sub.add_parser("data", help="check data on disk, or write the phantom to disk")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="read every case as training would; list bad cases",
@@ -179,14 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    if hasattr(args, "overrides"):
-        flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
-        args.dry_run = "--dry-run" in flags
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
                 "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
                 "ablation": cmd_ablation, "generate": cmd_generate}
     try:
+        if hasattr(args, "overrides"):
+            flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
+            args.dry_run = "--dry-run" in flags
+            args.resume, args.overrides = _take_option(args.overrides, "--resume")
         return commands[command](args)
     except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)

@@ -179,6 +179,11 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     fast_dev_run: bool = False
     enable_progress_bar: bool = True
+    # true: deterministic algorithms (torch.use_deterministic_algorithms; on GPU also needs
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8, which train sets); "warn": only warn on nondeterministic ops
+    deterministic: Any = False
+    # also write checkpoints/last.ckpt every N training videos (batches); 0 = at epoch ends only
+    checkpoint_every_n_batches: int = 0
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 
 import lightning as L
+import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
@@ -257,15 +258,25 @@ class Fundus2VideoModule(L.LightningModule):
         parts = {**g_parts, **d_parts, "g_total": g_total, "d_total": d_total}
         return fake.detach(), {k: v.detach() for k, v in parts.items()}
 
+    def _seed_video(self) -> random.Random:
+        """The random draws of one training video (scheduled sampling, PatchNCE patches) as a function
+        of (seed, videos seen, rank) alone, so that a resumed run draws exactly what an uninterrupted
+        one would have: Lightning does not restore random states from checkpoints."""
+        key = [self.cfg.seed, self.video_step, self.global_rank]
+        torch_seed, py_seed = np.random.SeedSequence(key).generate_state(2)
+        torch.manual_seed(int(torch_seed))
+        return random.Random(int(py_seed))
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cf, video = batch["cf"], batch["frames"][:, :, 0]  # (B, 3, H, W), (B, T, H, W)
         km = self._mask(batch)  # (B, 1, H, W)
         n_frames, k = video.shape[1], self.cfg.model.window
         p_real = real_share(self.video_step, self.cfg.rollout.ss_steps, self.cfg.rollout.ss_interval)
+        rng = self._seed_video()
         sums: dict[str, torch.Tensor] = {}
         prev = cf_as_frames(cf, k)
         for n in range(num_windows(n_frames)):
-            if n > 0 and random.random() < p_real:
+            if n > 0 and rng.random() < p_real:
                 prev = video[:, previous_indices(n, n_frames, k)]
             target = video[:, target_indices(n, n_frames, k)]
             prev, parts = self._window_step(cf, prev, target, km)

@@ -20,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fundus2video.callbacks import KnowledgeMaskLogger, SampleVideoLogger
+from fundus2video.callbacks import AtomicCheckpointIO, KnowledgeMaskLogger, ResumableCheckpoint, SampleVideoLogger
 from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import ConfigError
@@ -93,18 +94,36 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     return loggers + [wb]
 
 
+def strategy(name: str):
+    """DDP flavours get `find_unused_parameters=True`: a window runs two backward passes (G's loss,
+    then D's), each reaching only one network's parameters, so under DDP each pass must tell the
+    reducer which parameters it leaves out (Lightning prepares the reducer before every
+    `manual_backward`). Other strategies pass through by name."""
+    if name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}[name]
+        return DDPStrategy(find_unused_parameters=True, start_method=start)
+    return name
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None = None,
                   loggers: list[Logger] | bool = False) -> L.Trainer:
     t = cfg.trainer
     max_epochs = t.max_epochs if t.max_epochs >= 0 else cfg.optim.epochs_constant + cfg.optim.epochs_decay
+    if t.deterministic is True:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy(t.strategy),
         precision=t.precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
         default_root_dir=str(run_dir) if run_dir else None, logger=loggers,
         callbacks=callbacks or [], enable_checkpointing=run_dir is not None,
+        deterministic=t.deterministic, plugins=[AtomicCheckpointIO()],
+        # the data module's SeededSampler shards across ranks itself (exact resume under DDP)
+        use_distributed_sampler=False,
     )
 
 
@@ -129,21 +148,75 @@ def check_resources(cfg: DictConfig) -> None:
                               "ImageNet weights, vgg19-dcbb9e9d.pth)")
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train the experiment `cfg`; returns its run directory."""
+def resolve_resume(cfg: DictConfig, resume: str) -> Path:
+    """`last` (the newest run of this experiment) or a checkpoint path -> the checkpoint file.
+    Warns about settings that differ from the checkpoint's (the run continues with `cfg`'s)."""
+    if resume == "last":
+        path = Path(cfg.logging.root) / cfg.name / "latest" / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"--resume last: no checkpoint at {path} (no earlier run of '{cfg.name}' under "
+                              f"{cfg.logging.root}/)")
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"--resume: checkpoint not found: {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
+    except Exception as err:  # a truncated or foreign file: say which
+        raise ConfigError(f"--resume: {path} is not a fundus2video checkpoint ({type(err).__name__}: {err})") from err
+    changed = _differences(saved, to_plain(cfg))
+    if changed:
+        log.warning("resuming %s with settings that differ from the checkpoint's: %s", path, ", ".join(changed))
+    return path.resolve()
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(f"{prefix}{key}: {x!r} -> {y!r}")
+    return keys
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM after saving `checkpoint`."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path):
+        super().__init__(f"stopped by SIGTERM; checkpoint saved: {checkpoint}")
+        self.run_dir, self.checkpoint = run_dir, checkpoint
+
+
+def train(cfg: DictConfig, resume: str | Path | None = None) -> Path:
+    """Train the experiment `cfg`; returns its run directory. `resume`: a checkpoint to continue
+    from exactly (weights, optimizers, schedules, step counters, data order), in a new run directory."""
     check_resources(cfg)
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     write_config(cfg, run_dir / "config.yaml")
-    log.info("run directory: %s", run_dir)
-    datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, run_dir=run_dir)
+    log.info("run directory: %s%s", run_dir, f" (resuming {resume})" if resume else "")
+    datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, run_dir=run_dir,
+                                        seed=cfg.seed)
     datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before any logger
+    resumable = ResumableCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_batches)
     callbacks = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+        resumable,
         KnowledgeMaskLogger(run_dir, cfg.logging.n_samples),
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir))
-    trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule)
+    try:
+        trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule,
+                    ckpt_path=str(resume) if resume else None, weights_only=True)
+    except SystemExit:  # Lightning's SIGTERMException, raised after our checkpoint was written
+        if not resumable.stopped_by_sigterm:
+            raise
+    if resumable.stopped_by_sigterm:
+        raise Interrupted(run_dir, resumable.path)
     return run_dir

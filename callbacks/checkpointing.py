@@ -1,0 +1,57 @@
+"""Checkpoints that survive interruption: atomic files, a checkpoint every N training videos,
+and one more when the job is told to stop (SIGTERM, as cluster schedulers send before a kill).
+
+`AtomicCheckpointIO` writes a checkpoint to a temporary file in the same folder, flushes it to
+disk and renames it over the old one: a crash, a full disk or a kill mid-write leaves the
+previous checkpoint intact, never a half file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from fundus2video.video_io import atomic_path
+
+log = logging.getLogger("fundus2video")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` into a temporary file, fsync, then `os.replace` onto the target."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options (got {storage_options!r})")
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+class ResumableCheckpoint(L.Callback):
+    """Writes `<dirpath>/last.ckpt` every `every_n_batches` training videos (0: never; the epoch-end
+    checkpoint is ModelCheckpoint's) and, after SIGTERM, at the end of the current video, then stops
+    training. Lightning records SIGTERM in `trainer.received_sigterm` (and shares it across DDP ranks)."""
+
+    def __init__(self, dirpath: str | Path, every_n_batches: int = 0):
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_batches = every_n_batches
+        self.stopped_by_sigterm = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.received_sigterm:
+            trainer.save_checkpoint(self.path)
+            log.warning("SIGTERM: saved %s after %d training videos; stopping", self.path,
+                        getattr(pl_module, "video_step", -1))
+            self.stopped_by_sigterm = True
+            trainer.should_stop = True
+        elif self.every_n_batches and (batch_idx + 1) % self.every_n_batches == 0:
+            trainer.save_checkpoint(self.path)

@@ -1,0 +1,127 @@
+"""Resume is exact: N epochs straight equal N/2 + resume + N/2, and a run stopped by SIGTERM in the
+middle of an epoch and resumed equals the uninterrupted one (weights, optimizer states, step
+counters), with augmentation on. Checkpoints are written atomically."""
+
+import os
+import signal
+
+import lightning as L
+import pytest
+import torch
+
+import fundus2video.train as train_module
+from fundus2video.callbacks import AtomicCheckpointIO
+from fundus2video.cli import main
+from fundus2video.config import load_config
+from fundus2video.errors import ConfigError
+from fundus2video.train import Interrupted, resolve_resume, train
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+
+    def cfg(*extra):
+        return load_config("experiments/smoke.yaml", [
+            *TINY, f"logging.root={root}", "data.phantom.n_train=3", "data.augment_train=true",
+            "trainer.limit_val_batches=0", "logging.n_samples=0", *extra])
+    return cfg, train(cfg("name=straight", "trainer.max_epochs=2"))
+
+
+def _state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+
+
+def _assert_same_training(a, b):
+    assert a["fundus2video"] == b["fundus2video"] and a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        for pid, state in opt_a["state"].items():
+            assert torch.equal(state["exp_avg_sq"], opt_b["state"][pid]["exp_avg_sq"])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def test_resume_at_epoch_boundary_matches_straight_run(runs):
+    cfg, straight = runs
+    half = train(cfg("name=half", "trainer.max_epochs=1"))
+    resumed = train(cfg("name=half", "trainer.max_epochs=2"), resume=resolve_resume(cfg("name=half"), "last"))
+    assert resumed != half
+    _assert_same_training(_state(straight), _state(resumed))
+
+
+class _SigtermAt(L.Callback):
+    """Sends this process SIGTERM after the given training video, as a cluster scheduler would."""
+
+    def __init__(self, video: int):
+        self.video = video
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.video_step == self.video:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypatch):
+    cfg, straight = runs
+    build = train_module.build_trainer
+    monkeypatch.setattr(train_module, "build_trainer", lambda c, d, callbacks=None, loggers=False: build(
+        c, d, [_SigtermAt(4), *(callbacks or [])], loggers))
+    with pytest.raises(Interrupted) as stop:
+        train(cfg("name=killed", "trainer.max_epochs=2"))
+    monkeypatch.setattr(train_module, "build_trainer", build)
+    saved = torch.load(stop.value.checkpoint, weights_only=True)
+    assert saved["fundus2video"]["video_step"] == 4  # epoch 1, after 1 of its 3 videos
+    assert saved["Fundus2VideoDataModule"] == {"epoch": 1, "train_items_seen": 1}
+    resumed = train(cfg("name=killed", "trainer.max_epochs=2"), resume=stop.value.checkpoint)
+    _assert_same_training(_state(straight), _state(resumed))
+
+
+def test_checkpoint_every_n_batches_writes_last(runs):
+    cfg, _ = runs
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            path = trainer.default_root_dir + "/checkpoints/last.ckpt"
+            if os.path.exists(path):
+                seen.append(torch.load(path, weights_only=True)["fundus2video"]["video_step"])
+
+    build = train_module.build_trainer
+    train_module.build_trainer = lambda c, d, callbacks=None, loggers=False: build(c, d, [*(callbacks or []), Spy()],
+                                                                                   loggers)
+    try:
+        train(cfg("name=every", "trainer.max_epochs=1", "trainer.checkpoint_every_n_batches=2"))
+    finally:
+        train_module.build_trainer = build
+    assert seen == [2, 2]  # written after video 2 (the spy runs after the writer), not after 1 or 3
+
+
+def test_atomic_checkpoint_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_resume_errors_name_the_file(tiny, tmp_path, capsys):
+    cfg = tiny()
+    with pytest.raises(ConfigError, match="no checkpoint at .*smoke/latest/checkpoints/last.ckpt"):
+        resolve_resume(cfg, "last")
+    with pytest.raises(ConfigError, match="checkpoint not found: .*nope.ckpt"):
+        resolve_resume(cfg, str(tmp_path / "nope.ckpt"))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="junk.ckpt is not a fundus2video checkpoint"):
+        resolve_resume(cfg, str(tmp_path / "junk.ckpt"))
+    assert main(["train", "smoke", f"logging.root={tmp_path}", "--resume", "last"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
