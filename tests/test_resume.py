@@ -8,9 +8,9 @@ import signal
 import lightning as L
 import pytest
 import torch
+from fundus2video.callbacks import AtomicCheckpointIO
 
 import fundus2video.train as train_module
-from fundus2video.callbacks import AtomicCheckpointIO
 from fundus2video.cli import main
 from fundus2video.config import load_config
 from fundus2video.errors import ConfigError
