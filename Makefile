@@ -5,10 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXP ?= smoke
 ARGS ?=
+SWEEP ?= smoke
+RESUME ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train config demo-data data-check ablation bench test lint clean
+.PHONY: help install train config demo-data data-check ablation sweep bench test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,8 +24,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install fundus2video with its pinned dependencies
 
-train: install ## train an experiment: make train [EXP=smoke] [ARGS="key=value ..."]
-	@$(PY) -m fundus2video train $(EXP) $(ARGS)
+train: install ## train an experiment: make train [EXP=smoke] [ARGS="key=value ..."] [RESUME=last|path]
+	@$(PY) -m fundus2video train $(EXP) $(ARGS) $(if $(RESUME),--resume $(RESUME))
 
 config: install ## print an experiment's resolved configuration: make config EXP=... [ARGS=...]
 	@$(PY) -m fundus2video config $(EXP) $(ARGS)
@@ -37,6 +39,9 @@ data-check: install ## read every case of DATA (a folder or manifest CSV) and li
 
 ablation: install ## train the method, the baseline and the ablations on the phantom; runs/ablation/ablation.md
 	$(PY) -m fundus2video ablation --out runs/ablation $(ARGS)
+
+sweep: install ## wandb sweep (creates it, starts an agent): make sweep SWEEP=smoke [COUNT=N] [LOCAL=1] [ARGS=...]
+	@$(PY) -m fundus2video sweep $(SWEEP) $(if $(LOCAL),--local) $(if $(COUNT),--count $(COUNT)) $(ARGS)
 
 bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/results.json
 	@set -e; echo "{" > benchmarks/results.json.tmp; first=1; \

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fundus2video import sweep as sweep_cli
 from fundus2video.config import load_config, to_plain
 from fundus2video.errors import ConfigError, UserError
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--evaluate-only", action="store_true",
                      help="re-evaluate the variants already trained in --out instead of training")
     abl.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
+    sweep_cli.add_parser(sub)
     return parser
 
 
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
                 "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
-                "ablation": cmd_ablation, "generate": cmd_generate}
+                "ablation": cmd_ablation, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep}
     try:
         if hasattr(args, "overrides"):
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
