@@ -7,6 +7,7 @@ last frame -> tensors. Every dataset returns the same sample dict (DESIGN.md's b
   cf (3, S, S) float in [-1, 1] | frames (T, 1, S, S) float in [-1, 1] (FFA green channel)
   km (1, S, S) knowledge mask {0, 1} | roi (1, S, S) field of view {0, 1}
   lesion (1, S, S) lesion mask {0, 1} (all zeros when unknown) | times (T,) seconds
+  phases (T,) phase names ("" when unknown)
   case_id, patient_id (str)
 """
 
@@ -27,7 +28,7 @@ SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 def to_sample(cf: np.ndarray, frames: np.ndarray, roi: np.ndarray, lesion: np.ndarray | None,
               times: np.ndarray, case_id: str, patient_id: str,
-              km_threshold: float = KM_THRESHOLD) -> dict:
+              km_threshold: float = KM_THRESHOLD, phases: list[str] | None = None) -> dict:
     """Prepared uint8 arrays (cf (S,S,3), frames (T,S,S), masks (S,S)) -> the sample dict."""
     cf_t = torch.from_numpy(np.ascontiguousarray(cf)).permute(2, 0, 1).float() / 127.5 - 1.0
     frames_t = torch.from_numpy(np.ascontiguousarray(frames)).float().unsqueeze(1) / 127.5 - 1.0
@@ -37,7 +38,7 @@ def to_sample(cf: np.ndarray, frames: np.ndarray, roi: np.ndarray, lesion: np.nd
                 else torch.from_numpy(np.ascontiguousarray(lesion)).float().unsqueeze(0))
     return {"cf": cf_t, "frames": frames_t, "km": km, "roi": roi_t, "lesion": lesion_t,
             "times": torch.as_tensor(times, dtype=torch.float32), "case_id": case_id,
-            "patient_id": patient_id}
+            "patient_id": patient_id, "phases": list(phases) if phases else [""] * len(frames)}
 
 
 def _torch_rng() -> np.random.Generator:
@@ -71,7 +72,7 @@ class _CaseDataset(Dataset):
         cf, frames, out = self.transform(crop["cf"], crop["frames"],
                                          {k: v for k, v in crop.items() if k not in ("cf", "frames")})
         return to_sample(cf, frames, out["roi"], out.get("lesion"), raw.times, case_id, patient_id,
-                         self.km_threshold)
+                         self.km_threshold, raw.phases)
 
 
 class PhantomVideoDataset(_CaseDataset):

@@ -125,6 +125,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from fundus2video.evaluate import evaluate
+
+    out = evaluate(args.ckpt, args.data, args.split, args.protocol, args.out, args.i3d, args.lpips, args.lpips_net,
+                   args.device, args.bf16)
+    report = json.loads((out / "metrics.json").read_text())
+    width = max(len(k) for k in report["metrics"]) if report["metrics"] else 0
+    print(f"{report['n_cases']} cases ({report['split']}), protocol {report['settings']['protocol']}:")
+    for name, value in report["metrics"].items():
+        print(f"  {name:<{width}}  {value}")
+    for name, reason in report["skipped"].items():
+        print(f"  {name:<{width}}  SKIPPED: {reason}")
+    print(f"written: {out}/metrics.json, per_case.csv, contact_sheet.png"
+          + (", per_phase.csv" if (out / "per_phase.csv").is_file() else ""))
+    return 0
+
+
 def _take_option(rest: list[str], option: str) -> tuple[str | None, list[str]]:
     """Take `option VALUE` or `option=VALUE` out of the overrides."""
     for i, arg in enumerate(rest):
@@ -192,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--evaluate-only", action="store_true",
                      help="re-evaluate the variants already trained in --out instead of training")
     abl.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
+    ev = sub.add_parser("evaluate", help="score a checkpoint on a split (metrics.json, per_case.csv, picture)")
+    ev.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt)")
+    ev.add_argument("--data", help="phantom, a folder of case folders or a manifest CSV (default: the "
+                    "checkpoint's own data, with its run's split.csv)")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    ev.add_argument("--protocol", default="both", choices=("standard", "paper", "both"),
+                    help="standard: [0, 1], set-level FVD; paper: the release's formulas (comparable with "
+                    "the published numbers)")
+    ev.add_argument("--out", help="output folder (default: <run dir>/eval/<split>-<data>)")
+    ev.add_argument("--i3d", help="I3D weights for FVD: i3d_torchscript.pt or i3d_pretrained_400.pt")
+    ev.add_argument("--lpips", help="LPIPS backbone: torchvision's vgg16-397923af.pth (or alexnet, --lpips-net)")
+    ev.add_argument("--lpips-net", default="vgg", choices=("vgg", "alex"))
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
     sweep_cli.add_parser(sub)
     return parser
 
@@ -202,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
                 "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
-                "ablation": cmd_ablation, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep}
+                "ablation": cmd_ablation, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep,
+                "evaluate": cmd_evaluate}
     try:
         if hasattr(args, "overrides"):
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})

@@ -1,0 +1,267 @@
+"""`fundus2video evaluate`: roll out every case of a split and score the videos.
+
+Two protocols (METHOD.md, "Evaluation"), chosen with `--protocol` (default: both):
+  standard  frames in [0, 1]; PSNR, SSIM over the whole frame, the field of view, the knowledge
+            mask and the lesion mask (where cases have one); MS-SSIM (as many scales as the size
+            allows); temporal error (frame-to-frame changes, in the field of view); LPIPS (needs
+            `--lpips`, torchvision's VGG16 file); FVD over the whole set, one 16-frame clip per video
+            (needs `--i3d`).
+  paper     the release's formulas exactly: [-1, 1] tensors into [0, 1] code (PSNR 6.02 dB lower),
+            its SSIM, and FVD per single video over clip lengths 10..T, averaged.
+A metric whose weights file is not given or not found is skipped, with a warning and a line in
+`metrics.json` under "skipped"; the rest still run.
+
+Writes into `--out` (default: `<run dir>/eval/<split>-<data>`): `metrics.json` (aggregates with
+every setting), `per_case.csv`, `per_phase.csv` (when the frames' phases are known) and
+`contact_sheet.png` (CF, real and generated frames of the first cases).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from tqdm import tqdm
+
+from fundus2video.config import to_plain
+from fundus2video.data_modules import Fundus2VideoDataModule
+from fundus2video.errors import UserError
+from fundus2video.generate import load_module
+from fundus2video.metrics.image import (
+    PaperPSNR,
+    PaperSSIM,
+    TemporalError,
+    VideoMSSSIM,
+    VideoPSNR,
+    VideoSSIM,
+    msssim_min_side,
+)
+from fundus2video.module import Fundus2VideoModule
+from fundus2video.video_io import atomic_path, write_png
+from fundus2video.visuals import enlarge, label_band, to_uint8
+
+log = logging.getLogger("fundus2video")
+
+PROTOCOLS = ("standard", "paper", "both")
+REGIONS = {"": None, "_fov": "roi", "_km": "km", "_lesion": "lesion"}  # metric suffix -> sample mask
+MASKED = {**{f"{m}{suffix}": mask for suffix, mask in REGIONS.items() for m in ("psnr", "ssim")},
+          "temporal_error": "roi"}
+
+
+def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, split: str) -> list:
+    """The cases to score: the checkpoint's own data (and its run's split.csv) unless `data` names
+    `phantom`, a folder of case folders or a manifest CSV."""
+    cfg = to_plain(module.cfg.data)
+    if data == "phantom":
+        cfg["source"] = "phantom"
+    elif data:
+        path = Path(data)
+        if not path.exists():
+            raise UserError(f"--data: not found: {path} (expected a folder of case folders, a manifest CSV, "
+                            "or 'phantom')")
+        cfg.update(source="manifest" if path.suffix.lower() == ".csv" else "folders", root=str(path))
+        cfg["split"]["file"] = ""
+    run_split = ckpt.parent.parent / "split.csv"
+    if not data and cfg["source"] != "phantom" and run_split.is_file():
+        cfg["split"]["file"] = str(run_split)  # the cases this run held out
+    if data and split != "all":
+        log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
+    dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1)
+    dm.setup()
+    if split == "all":
+        return [s for name in ("train", "val", "test") for s in dm.datasets[name]]
+    if split not in dm.datasets:
+        raise UserError(f"--split: '{split}' is not one of train, val, test, all")
+    if len(dm.datasets[split]) == 0:
+        raise UserError(f"--split {split}: no cases (sizes: { {k: len(v) for k, v in dm.datasets.items()} })")
+    return list(dm.datasets[split])
+
+
+class Scores:
+    """The metrics of the chosen protocols, aggregate and per case (one fresh set per case, merged
+    into the aggregate, so nothing is computed twice)."""
+
+    def __init__(self, protocol: str, size: int, i3d: str | None, lpips: str | None, lpips_net: str,
+                 i3d_size: int = 224):
+        self.standard = protocol in ("standard", "both")
+        self.paper = protocol in ("paper", "both")
+        self.skipped: dict[str, str] = {}
+        self.settings: dict[str, Any] = {"protocol": protocol}
+        self.i3d = self._load("fvd", i3d, "--i3d", "an I3D file (StyleGAN-V's i3d_torchscript.pt or pytorch-i3d's "
+                              "i3d_pretrained_400.pt)", lambda p: __import__(
+                                  "fundus2video.metrics.i3d", fromlist=["load_i3d"]).load_i3d(p, size=i3d_size))
+        self.lpips_path = self._load("lpips", lpips, "--lpips", f"torchvision's {lpips_net} ImageNet weights "
+                                     "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)", lambda p: p)
+        self.lpips_net = lpips_net
+        scales = next((s for s in (5, 4, 3) if msssim_min_side(s) <= size), 0)
+        if self.standard and not scales:
+            self.skipped["ms_ssim"] = f"frames of {size} px are too small (3 scales need {msssim_min_side(3)} px)"
+        self.msssim_scales = scales
+        self.aggregate = self.make()
+        self.phases: dict[str, tuple[VideoPSNR, VideoSSIM]] = {}
+        self.n_videos = 0
+        self.fvd = None
+        if self.standard and self.i3d is not None:
+            from fundus2video.metrics.fvd import FrechetVideoDistance
+
+            self.fvd = FrechetVideoDistance(self.i3d)
+
+    def _load(self, name: str, path: str | None, flag: str, what: str, loader):
+        wanted = self.standard if name == "lpips" else True
+        if not wanted:
+            return None
+        if not path:
+            reason = f"no {flag} file given ({what})"
+        elif not Path(path).is_file():
+            reason = f"{flag}: file not found: {path} ({what})"
+        else:
+            return loader(path)
+        log.warning("%s skipped: %s", name.upper(), reason)
+        self.skipped[name] = reason
+        return None
+
+    def make(self) -> dict[str, Metric]:
+        m: dict[str, Metric] = {}
+        if self.standard:
+            for suffix in REGIONS:
+                m[f"psnr{suffix}"], m[f"ssim{suffix}"] = VideoPSNR(), VideoSSIM()
+            m["temporal_error"] = TemporalError()
+            if self.msssim_scales:
+                m["ms_ssim"] = VideoMSSSIM(scales=self.msssim_scales)
+            if self.lpips_path:
+                from fundus2video.metrics.lpips import VideoLPIPS
+
+                m["lpips"] = VideoLPIPS(self.lpips_path, net=self.lpips_net)
+        if self.paper:
+            m["paper_psnr"], m["paper_ssim"] = PaperPSNR(), PaperSSIM()
+            if self.i3d is not None:
+                from fundus2video.metrics.fvd import PaperFVD
+
+                m["paper_fvd"] = PaperFVD(self.i3d)
+        return m
+
+    def case(self, fake01: Tensor, real01: Tensor, sample: dict) -> dict[str, float]:
+        """Score one case (videos (1, T, 1, H, W) in [0, 1]); returns its per-case values."""
+        metrics, values = self.make(), {}
+        for name, metric in metrics.items():
+            if name in ("paper_psnr", "paper_ssim"):
+                metric.update(fake01 * 2 - 1, real01 * 2 - 1)  # the release's [-1, 1] tensors
+            elif name in MASKED:
+                mask = MASKED[name]
+                metric.update(fake01, real01, sample[mask][None] if mask else None)
+            else:  # whole frames in [0, 1]: ms_ssim, lpips, paper_fvd (which maps to [-1, 1] itself)
+                metric.update(fake01, real01)
+            values[name] = float(metric.compute())
+            self.aggregate[name].merge_state(metric)
+        if self.fvd is not None:
+            self.fvd.update(fake01, real01)
+            self.n_videos += 1
+        for phase in dict.fromkeys(sample["phases"]) if self.standard and any(sample["phases"]) else ():
+            idx = [i for i, p in enumerate(sample["phases"]) if p == phase]
+            pair = self.phases.setdefault(phase, (VideoPSNR(), VideoSSIM()))
+            for metric in pair:
+                metric.update(fake01[:, idx], real01[:, idx])
+        return values
+
+    def per_phase(self) -> list[dict]:
+        """Mean PSNR and SSIM of the frames of each phase, in order of first appearance."""
+        return [{"phase": phase, "frames": int(psnr.count), "psnr": round(float(psnr.compute()), 5),
+                 "ssim": round(float(ssim.compute()), 5)} for phase, (psnr, ssim) in self.phases.items()]
+
+    def results(self) -> dict[str, float]:
+        with warnings.catch_warnings():  # the aggregates were filled by merge_state, not update
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            out = {name: float(metric.compute()) for name, metric in self.aggregate.items()}
+        if self.fvd is not None:
+            if self.n_videos >= 2:
+                out["fvd"] = float(self.fvd.compute())
+                self.settings["fvd"] = self.fvd.settings()
+            else:
+                self.skipped["fvd"] = "set-level FVD needs at least 2 videos"
+        if "paper_fvd" in self.aggregate:
+            self.settings["paper_fvd"] = self.aggregate["paper_fvd"].settings()
+        for name in ("psnr_lesion", "ssim_lesion", "psnr_km", "ssim_km"):
+            metric = self.aggregate.get(name)
+            if metric is not None:
+                self.settings[f"{name}_frames_without_mask"] = int(metric.skipped)
+        return out
+
+
+def contact_sheet(cases: list[dict], n_columns: int = 6) -> np.ndarray:
+    """Per case two rows: CF + real frames, then CF + generated frames, labelled."""
+    blocks = []
+    for case in cases:
+        t = case["real"].shape[0]
+        cols = np.linspace(0, t - 1, min(n_columns, t)).round().astype(int)
+        cf = enlarge(to_uint8(case["cf"]))
+        for label, video in (("real", case["real"]), ("generated", case["fake"])):
+            row = np.hstack([cf] + [enlarge(to_uint8(video[i])) for i in cols])
+            names = [f"{case['case_id']} {label}"] + [f"frame {i}" for i in cols]
+            blocks.append(np.vstack([label_band(row.shape[1], names), row]))
+    return np.vstack(blocks)
+
+
+def _fmt(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 5)
+
+
+def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", protocol: str = "both",
+             out: str | Path | None = None, i3d: str | None = None, lpips: str | None = None,
+             lpips_net: str = "vgg", device: str = "cpu", bf16: bool = False, sheet_cases: int = 4,
+             i3d_size: int = 224) -> Path:
+    """Score a checkpoint on a split; returns the output folder (see the module docstring).
+    `i3d_size`: the I3D's input size; 224 is FVD's definition (smaller only for quick tests)."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: '{protocol}' is not one of {', '.join(PROTOCOLS)}")
+    ckpt = Path(ckpt)
+    module = load_module(ckpt, device)
+    samples = evaluation_data(module, ckpt, data, split)
+    size = module.cfg.data.size
+    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size)
+    out = Path(out) if out else ckpt.parent.parent / "eval" / f"{split}-{Path(data).stem if data else 'own'}"
+    case_rows, sheet = [], []
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+    for sample in tqdm(samples, desc=f"evaluating {split}", unit="case"):
+        with torch.inference_mode(), autocast:
+            fake = module(sample["cf"][None].to(device), sample["frames"].shape[0]).float().cpu()
+        fake01, real01 = (fake.clamp(-1, 1) + 1) / 2, (sample["frames"][None] + 1) / 2
+        values = scores.case(fake01, real01, sample)
+        case_rows.append({"case_id": sample["case_id"], "patient_id": sample["patient_id"],
+                          "frames": real01.shape[1], **{k: _fmt(v) for k, v in values.items()}})
+        if len(sheet) < sheet_cases:
+            sheet.append({"case_id": sample["case_id"], "cf": sample["cf"], "real": sample["frames"],
+                          "fake": fake[0]})
+    results = scores.results()
+    report = {
+        "checkpoint": str(ckpt.resolve()), "data": data or f"checkpoint's own ({module.cfg.data.source})",
+        "split": split, "n_cases": len(samples), "size": size, "bf16": bf16,
+        "metrics": {k: _fmt(v) for k, v in results.items()}, "skipped": scores.skipped,
+        "settings": {**scores.settings, "standard": "frames in [0, 1]; psnr/ssim: mean over frames of per-frame "
+                     "scores; _fov/_km/_lesion: restricted to that mask; temporal_error: mean |d fake - d real| "
+                     "of consecutive frames in the field of view",
+                     "paper": "the release's formulas on [-1, 1] tensors (PSNR 6.02 dB below the convention)"},
+    }
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(out / "per_case.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(case_rows[0]))
+        writer.writeheader()
+        writer.writerows(case_rows)
+    phases = scores.per_phase()
+    if phases:
+        with atomic_path(out / "per_phase.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(phases[0]))
+            writer.writeheader()
+            writer.writerows(phases)
+    write_png(out / "contact_sheet.png", contact_sheet(sheet))
+    return out

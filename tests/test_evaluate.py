@@ -1,0 +1,88 @@
+"""`fundus2video evaluate` after a short training: every output, both protocols, FVD and LPIPS with
+random-weight files of the real formats, and loud skips when a weights file is missing."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fundus2video.cli import main
+from fundus2video.config import load_config
+from fundus2video.evaluate import evaluate
+from fundus2video.metrics.lpips import LPIPSBackbone
+from fundus2video.train import train
+from tests.conftest import TINY
+
+
+class Detector(nn.Module):
+    """StyleGAN-V's i3d_torchscript.pt calling convention around a tiny random network."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, 3, stride=(1, 4, 4))
+        self.head = nn.Linear(8, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        logits = self.head(F.relu(self.conv(x)).mean(dim=(2, 3, 4)))
+        return logits if return_features else logits.softmax(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(Detector()), root / "i3d_torchscript.pt")
+    torch.save(LPIPSBackbone("alex").state_dict(), root / "alexnet.pth")
+    cfg = load_config("experiments/smoke.yaml", [*TINY, f"logging.root={root}", "trainer.max_epochs=1",
+                                                 "data.n_frames=10", "data.phantom.n_test=3"])
+    return root, train(cfg) / "checkpoints" / "last.ckpt"
+
+
+def test_evaluate_writes_every_output_with_both_protocols(trained):
+    root, ckpt = trained
+    out = evaluate(ckpt, protocol="both", out=root / "eval", i3d=str(root / "i3d_torchscript.pt"),
+                   lpips=str(root / "alexnet.pth"), lpips_net="alex", i3d_size=64)
+    report = json.loads((out / "metrics.json").read_text())
+    m = report["metrics"]
+    for name in ("psnr", "ssim", "psnr_fov", "psnr_km", "psnr_lesion", "ssim_lesion", "temporal_error", "lpips",
+                 "fvd", "paper_psnr", "paper_ssim", "paper_fvd"):
+        assert m[name] is not None and math.isfinite(m[name]), name
+    # the release's PSNR is the [0, 1] PSNR of every frame minus 20 log10(2): equal-length videos
+    assert m["paper_psnr"] == pytest.approx(m["psnr"] - 20 * math.log10(2), abs=1e-3)
+    assert report["skipped"] == {"ms_ssim": "frames of 32 px are too small (3 scales need 44 px)"}
+    assert report["settings"]["fvd"]["n_videos"] == 3 and report["settings"]["fvd"]["clip_len"] == 16
+    assert report["settings"]["paper_fvd"]["n_videos_scored"] == 3
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[0]["frames"] == "10"
+    # the aggregate is the mean of the cases (same number of frames each)
+    assert float(m["psnr"]) == pytest.approx(sum(float(r["psnr"]) for r in rows) / 3, abs=1e-3)
+    with open(out / "per_phase.csv") as f:
+        phases = list(csv.DictReader(f))
+    assert sum(int(p["frames"]) for p in phases) == 30 and len(phases) >= 2
+    assert (out / "contact_sheet.png").stat().st_size > 0
+
+
+def test_missing_weights_skip_only_that_metric_loudly(trained, capsys):
+    root, ckpt = trained
+    code = main(["evaluate", "--ckpt", str(ckpt), "--protocol", "paper", "--out", str(root / "eval_paper"),
+                 "--i3d", str(root / "nope.pt")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "paper_fvd" not in json.loads((root / "eval_paper" / "metrics.json").read_text())["metrics"]
+    assert "fvd" in printed and "SKIPPED: --i3d: file not found:" in printed and "nope.pt" in printed
+    report = json.loads((root / "eval_paper" / "metrics.json").read_text())
+    assert set(report["metrics"]) == {"paper_psnr", "paper_ssim"}
+
+
+def test_evaluate_errors_name_the_input(trained, tmp_path, capsys):
+    _, ckpt = trained
+    assert main(["evaluate", "--ckpt", str(tmp_path / "none.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "nodata")]) == 2
+    assert "--data: not found" in capsys.readouterr().err
