@@ -298,16 +298,13 @@ class Fundus2VideoModule(L.LightningModule):
         fake01 = (fake + 1) / 2
         base01 = ((cf[:, 1:2].float() + 1) / 2).unsqueeze(1).expand_as(real01)
         flat = lambda x: x.flatten(0, 1)  # noqa: E731  (B, T, 1, H, W) -> (B*T, 1, H, W)
-        self.val_metrics["psnr"].update(flat(fake01), flat(real01))
-        self.val_metrics["ssim"].update(flat(fake01), flat(real01))
-        self.val_metrics["psnr_cf_green"].update(flat(base01), flat(real01))
-        self.val_metrics["ssim_cf_green"].update(flat(base01), flat(real01))
-        return {"fake": fake}
-
-    def on_validation_epoch_end(self) -> None:
         for name, metric in self.val_metrics.items():
-            self.log(f"val/{name}", metric.compute(), prog_bar=name == "psnr", sync_dist=False)
-            metric.reset()
+            metric.update(flat(base01 if name.endswith("cf_green") else fake01), flat(real01))
+        # logged as Metric objects: Lightning computes them at the epoch's end, synchronised across
+        # DDP ranks, and resets them
+        self.log_dict({f"val/{name}": metric for name, metric in self.val_metrics.items()}, on_step=False,
+                      on_epoch=True, batch_size=cf.shape[0])
+        return {"fake": fake}
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(self, checkpoint: dict) -> None:

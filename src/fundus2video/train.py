@@ -107,21 +107,33 @@ def strategy(name: str):
     return name
 
 
+def precision_settings(precision: str, accelerator: str) -> tuple[str | None, list]:
+    """(Trainer's `precision`, extra plugins). Lightning turns 16-mixed on CPU into bf16-mixed; with
+    `trainer.accelerator=cpu` asked for explicitly, 16-mixed is honoured instead (float16 autocast and a
+    CPU GradScaler, the same code path as on GPU), so the GPU recipe can be exercised here."""
+    if precision == "16-mixed" and accelerator == "cpu":
+        from lightning.pytorch.plugins import MixedPrecision
+
+        return None, [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]
+    return precision, []
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None = None,
                   loggers: list[Logger] | bool = False) -> L.Trainer:
     t = cfg.trainer
     max_epochs = t.max_epochs if t.max_epochs >= 0 else cfg.optim.epochs_constant + cfg.optim.epochs_decay
+    precision, plugins = precision_settings(t.precision, t.accelerator)
     if t.deterministic is True:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy(t.strategy),
-        precision=t.precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
+        precision=precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
         default_root_dir=str(run_dir) if run_dir else None, logger=loggers,
         callbacks=callbacks or [], enable_checkpointing=run_dir is not None,
-        deterministic=t.deterministic, plugins=[AtomicCheckpointIO()],
+        deterministic=t.deterministic, plugins=[AtomicCheckpointIO(), *plugins],
         # the data module's SeededSampler shards across ranks itself (exact resume under DDP)
         use_distributed_sampler=False,
     )

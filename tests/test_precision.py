@@ -1,0 +1,64 @@
+"""Mixed precision from the config, on CPU: bf16-mixed runs G and D under autocast; 16-mixed scales
+the losses through `manual_backward` with one GradScaler for both optimizers, and a window whose G
+loss overflows skips G's step only (D still steps) and halves the scale."""
+
+import math
+
+import lightning as L
+import torch
+
+import fundus2video.train as train_module
+from fundus2video.module import Fundus2VideoModule
+from fundus2video.train import train
+from tests.test_knowledge_guidance import FULL
+
+
+def _with_callback(monkeypatch, callback):
+    build = train_module.build_trainer
+    monkeypatch.setattr(train_module, "build_trainer", lambda c, d, callbacks=None, loggers=False: build(
+        c, d, [callback, *(callbacks or [])], loggers))
+
+
+def test_bf16_mixed_trains_under_autocast(tiny, monkeypatch):
+    dtypes = set()
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, module):
+            module.generator.register_forward_hook(lambda m, i, out: dtypes.add((out[0] if isinstance(out, tuple) else out).dtype))
+
+    _with_callback(monkeypatch, Probe())
+    run_dir = train(tiny(*FULL, "loss.vgg=0", "trainer.max_epochs=1", "trainer.precision=bf16-mixed"))
+    assert dtypes == {torch.bfloat16}
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_16_mixed_skips_only_the_overflowing_step(tiny, monkeypatch):
+    seen: dict = {}
+    losses, step = Fundus2VideoModule.window_losses, Fundus2VideoModule._window_step
+
+    def overflowing_first_window(self, *args):
+        fake, g_total, g_parts, d_total, d_parts = losses(self, *args)
+        return fake, (g_total * math.inf if "g" not in seen else g_total), g_parts, d_total, d_parts
+
+    def observed_step(self, *args):
+        first = "g" not in seen
+        if first:
+            seen["scale"] = self.trainer.precision_plugin.scaler.get_scale()
+            seen["g"] = [p.detach().clone() for p in self.generator.parameters()]
+            seen["d"] = [p.detach().clone() for p in self.discriminator.parameters()]
+        out = step(self, *args)
+        if first:
+            seen["scale_after"] = self.trainer.precision_plugin.scaler.get_scale()
+            seen["g_after"] = [p.detach().clone() for p in self.generator.parameters()]
+            seen["d_after"] = [p.detach().clone() for p in self.discriminator.parameters()]
+        return out
+
+    monkeypatch.setattr(Fundus2VideoModule, "window_losses", overflowing_first_window)
+    monkeypatch.setattr(Fundus2VideoModule, "_window_step", observed_step)
+    run_dir = train(tiny(*FULL, "loss.vgg=0", "trainer.max_epochs=1", "trainer.precision=16-mixed"))
+    assert seen["scale_after"] == seen["scale"] / 2  # halved once, by G's skipped step; D's was finite
+    assert all(torch.equal(a, b) for a, b in zip(seen["g"], seen["g_after"]))  # G's step was skipped
+    assert any(not torch.equal(a, b) for a, b in zip(seen["d"], seen["d_after"]))  # D stepped
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
