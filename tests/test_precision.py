@@ -24,7 +24,8 @@ def test_bf16_mixed_trains_under_autocast(tiny, monkeypatch):
 
     class Probe(L.Callback):
         def on_train_start(self, trainer, module):
-            module.generator.register_forward_hook(lambda m, i, out: dtypes.add((out[0] if isinstance(out, tuple) else out).dtype))
+            module.generator.register_forward_hook(
+                lambda m, i, out: dtypes.add((out[0] if isinstance(out, tuple) else out).dtype))
 
     _with_callback(monkeypatch, Probe())
     run_dir = train(tiny(*FULL, "loss.vgg=0", "trainer.max_epochs=1", "trainer.precision=bf16-mixed"))
