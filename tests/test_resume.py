@@ -77,6 +77,15 @@ def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypat
     _assert_same_training(_state(straight), _state(resumed))
 
 
+def test_one_seed_fixes_the_run_and_deterministic_option_changes_nothing(runs):
+    cfg, straight = runs
+    again = train(cfg("name=again", "trainer.max_epochs=2", "trainer.deterministic=true"))
+    _assert_same_training(_state(straight), _state(again))
+    other = _state(train(cfg("name=other", "trainer.max_epochs=1", "seed=8")))["state_dict"]
+    first = _state(straight)["state_dict"]
+    assert any(not torch.equal(v, other[k]) for k, v in first.items())
+
+
 def test_checkpoint_every_n_batches_writes_last(runs):
     cfg, _ = runs
     seen = []

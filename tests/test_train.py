@@ -2,6 +2,7 @@
 and the checkpoint loads in a fresh Python process with `weights_only` loading."""
 
 import csv
+import json
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,9 @@ def test_train_writes_run_directory_and_checkpoint_loads_in_fresh_process(tiny, 
     run_dir = train(cfg)
 
     assert (run_dir / "config.yaml").is_file()
+    info = json.loads((run_dir / "run.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert info["git_commit"] == head and info["seed"] == cfg.seed
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -2,6 +2,7 @@
 
 A run directory `<logging.root>/<name>/<YYYYmmdd-HHMMSS>` receives:
   config.yaml              the resolved experiment (every key, after overrides)
+  run.json                 git commit (and dirty flag), command line, versions, checkpoint resumed from
   split.csv                case_id, patient_id, split (data on disk; reuse: data.split.file)
   checkpoints/last.ckpt    the latest checkpoint (plain-data hparams: loads with weights_only)
   metrics.csv              every logged scalar (CSV logger, always on)
@@ -13,10 +14,15 @@ A run directory `<logging.root>/<name>/<YYYYmmdd-HHMMSS>` receives:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
+import subprocess
+import sys
 import warnings
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import lightning as L
@@ -73,7 +79,25 @@ def wandb_mode(setting: str) -> str:
     return "online" if has_key else "offline"
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+def run_info(cfg: DictConfig, resume: str | Path | None = None) -> dict:
+    """What produced a run: the git commit of the code (and whether it had uncommitted changes), the
+    command line, versions, and the checkpoint resumed from. Written to run.json and logged to wandb."""
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                 cwd=Path(__file__).resolve().parent)
+            return out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit or None, "git_dirty": bool(git("status", "--porcelain")) if commit else None,
+            "command": " ".join(sys.argv), "fundus2video": version("fundus2video"), "torch": torch.__version__,
+            "lightning": L.__version__, "host": platform.node(), "seed": cfg.seed,
+            "resumed_from": str(resume) if resume else None}
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, info: dict | None = None) -> list[Logger]:
     """CSV always; wandb unless disabled. A wandb that cannot start falls back to offline."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     mode = wandb_mode(cfg.logging.wandb)
@@ -81,7 +105,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         return loggers
     kwargs = dict(project=cfg.logging.project, name=f"{cfg.name}-{run_dir.name}",
                   group=cfg.logging.group or None, save_dir=str(run_dir),
-                  config=to_plain(cfg))
+                  config={**to_plain(cfg), "run": info or {}})
     try:
         wb = WandbLogger(mode=mode, **kwargs)
         wb.experiment  # start now, so a broken server shows here and not mid-training  # noqa: B018
@@ -211,6 +235,9 @@ def train(cfg: DictConfig, resume: str | Path | None = None) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     write_config(cfg, run_dir / "config.yaml")
+    info = run_info(cfg, resume)
+    with atomic_path(run_dir / "run.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
     log.info("run directory: %s%s", run_dir, f" (resuming {resume})" if resume else "")
     datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, run_dir=run_dir,
                                         seed=cfg.seed)
@@ -222,7 +249,7 @@ def train(cfg: DictConfig, resume: str | Path | None = None) -> Path:
         KnowledgeMaskLogger(run_dir, cfg.logging.n_samples),
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),
     ]
-    trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir))
+    trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir, info))
     try:
         trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule,
                     ckpt_path=str(resume) if resume else None, weights_only=True)
