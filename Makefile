@@ -19,7 +19,7 @@ help: ## list the targets
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,export]"
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install fundus2video with its pinned dependencies
@@ -45,7 +45,7 @@ sweep: install ## wandb sweep (creates it, starts an agent): make sweep SWEEP=sm
 
 bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/results.json
 	@set -e; echo "{" > benchmarks/results.json.tmp; first=1; \
-	for f in benchmarks/*.py; do name=$$(basename $$f .py); echo "running $$f" >&2; \
+	for f in benchmarks/[!_]*.py; do name=$$(basename $$f .py); echo "running $$f" >&2; \
 	  [ $$first = 1 ] || echo "," >> benchmarks/results.json.tmp; first=0; \
 	  printf '"%s": ' $$name >> benchmarks/results.json.tmp; $(PY) $$f >> benchmarks/results.json.tmp; done; \
 	echo "}" >> benchmarks/results.json.tmp; mv benchmarks/results.json.tmp benchmarks/results.json; \

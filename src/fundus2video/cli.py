@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fundus2video import export as export_cli
 from fundus2video import sweep as sweep_cli
 from fundus2video.config import load_config, to_plain
 from fundus2video.errors import ConfigError, UserError
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
     sweep_cli.add_parser(sub)
+    export_cli.add_parser(sub)
     return parser
 
 
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
                 "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
                 "ablation": cmd_ablation, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep,
-                "evaluate": cmd_evaluate}
+                "evaluate": cmd_evaluate, "export": export_cli.cmd_export}
     try:
         if hasattr(args, "overrides"):
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})

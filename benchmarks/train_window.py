@@ -1,0 +1,179 @@
+"""Seconds per training window (G step + D step), the module's against the release's order of passes.
+
+Full loss set of experiments/fundus2video.yaml (gan, feat, vgg, gv, nce, gan_km, att; KBA on the
+bottleneck; 4 downsamplings, 9 residual blocks), batch 1, window K = 3, at 128 x 128 (ngf 16, ndf 16)
+and 256 x 256 (ngf 32, ndf 32), fp32 and bf16 autocast. The VGG19 has random weights (same cost as
+ImageNet's). Ours: `Fundus2VideoModule._window_step`; release: `fundus2video.reference.release_window_step`,
+each on its own copy of the same module with its own optimizers, repeats interleaved; the ratio
+release / ours comes from the same run. FLOPs of one window (forward and backward of both steps)
+from `torch.utils.flop_counter.FlopCounterMode`, against this machine's fp32 matmul rate measured
+in the same run. A bf16 case whose cost, estimated from an earlier bf16 case's rate, exceeds the
+budget is estimated, not run (CPUs without native bf16 convolve bf16 on a slow fallback path).
+
+    python benchmarks/train_window.py [--repeats 3] [--budget 60] [--sizes 128,256]
+        [--precisions fp32,bf16] [--no-profile]
+Environment: BENCH_REPEATS, BENCH_BUDGET (seconds per case and formulation pair).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from _common import build_module, emit, env_int, log, machine_info, matmul_gflops, median_seconds, timed, window_inputs
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from fundus2video.reference import module_window_step, release_window_step, standalone_optimizers, write_random_vgg19
+
+CASES = {128: (16, 16), 256: (32, 32)}  # size: (ngf, ndf)
+TERMS = ["gan", "feat", "vgg", "gv", "nce", "gan_km", "att"]
+
+
+def precision_context(precision: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def counted(fn: Callable[[], object]) -> tuple[float, int]:
+    """(seconds, FLOPs) of one call under FlopCounterMode (a warm-up call)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        seconds = timed(fn)
+    return seconds, counter.get_total_flops()
+
+
+def forward_gflop_by_network(module, inputs: tuple) -> dict[str, float]:
+    """GFLOP of the window's forward (`window_losses`) per network: G (with its PatchNCE encoder passes),
+    D, VGG19, projector. Forward only: FlopCounterMode's attribution of backward ops to modules is not
+    reliable (it credits the VGG's backward to the loss evaluated after it)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module.window_losses(*inputs)
+    counts = counter.get_flop_counts()
+    names = {"GlobalGenerator": "generator", "MultiscaleDiscriminator": "discriminator", "VGG19Features": "vgg19",
+             "PatchProjector": "projector", "GradientVarianceLoss": "gradient_variance"}
+    out = {name: round(sum(counts[key].values()) / 1e9, 2) for key, name in names.items() if key in counts}
+    out["total"] = round(counter.get_total_flops() / 1e9, 2)
+    return out
+
+
+def top_ops(fn: Callable[[], object], limit: int = 12) -> list[dict]:
+    """The ops with the most self CPU time in one call (torch.profiler)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    log(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=limit))
+    return [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
+             "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:limit]]
+
+
+def steppers(base, inputs: tuple, precision: str) -> dict[str, Callable[[], None]]:
+    """One window of each formulation, each on its own copy of `base` with its own optimizers."""
+    ours, ref = copy.deepcopy(base), copy.deepcopy(base)
+    o_g, o_d, o_s = standalone_optimizers(ours)
+    r_g, r_d, _ = standalone_optimizers(ref)
+
+    def step_ours() -> None:
+        with precision_context(precision):
+            module_window_step(ours, *inputs, o_g, o_d, o_s)
+
+    def step_ref() -> None:
+        with precision_context(precision):
+            release_window_step(ref, *inputs, r_g, r_d)
+
+    return {"ours": step_ours, "release": step_ref}
+
+
+def rounded(d: dict, digits: int) -> dict:
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def measure(steps: dict[str, Callable[[], None]], flops: dict[str, int], count: bool, repeats: int,
+            budget: float, peak_fp32: float) -> dict:
+    """Times (and with `count`, first counts the FLOPs of) both formulations: one result row's fields."""
+    row: dict = {"measured": True}
+    if count:  # the warm-up call counts the FLOPs (autocast leaves them unchanged)
+        first_o, flops["ours"] = counted(steps["ours"])
+        first_r, flops["release"] = counted(steps["release"])
+    else:  # a plain warm-up: its time may stand in for a slow case's measurement
+        first_o, first_r = timed(steps["ours"]), timed(steps["release"])
+    log(f"  warm-up ours {first_o:.2f} s, release {first_r:.2f} s; FLOPs {flops}")
+    times = median_seconds(steps, repeats, budget, {"ours": first_o, "release": first_r})
+    rate = {k: flops[k] / 1e9 / times[k]["seconds"] for k in times}
+    row.update({
+        "ours": rounded(times["ours"], 4), "release": rounded(times["release"], 4),
+        "ratio_release_over_ours": round(times["release"]["seconds"] / times["ours"]["seconds"], 3),
+        "gflop_per_window": {k: round(v / 1e9, 2) for k, v in flops.items()},
+        "achieved_gflops": rounded(rate, 2),
+        "fraction_of_fp32_matmul_peak": {k: round(v / peak_fp32, 3) for k, v in rate.items()},
+    })
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=env_int("BENCH_REPEATS", 5))
+    parser.add_argument("--budget", type=float, default=float(env_int("BENCH_BUDGET", 60)),
+                        help="seconds of timed repeats per case (both formulations)")
+    parser.add_argument("--sizes", default="128,256")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profile of the first fp32 case")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    precisions = args.precisions.split(",")
+
+    log("matmul peak ...")
+    peak = {"fp32_matmul_gflops": round(matmul_gflops(2048, torch.float32), 1), "fp32_n": 2048,
+            "bf16_matmul_gflops": round(matmul_gflops(512, torch.bfloat16, 3), 2), "bf16_n": 512}
+    log(peak)
+    results, profile_ops = [], None
+    bf16_rate: float | None = None  # GFLOP/s of the last measured bf16 case, to estimate the next
+    with tempfile.TemporaryDirectory() as tmp:
+        vgg = write_random_vgg19(Path(tmp) / "vgg19-random.pth")
+        for size in sizes:
+            ngf, ndf = CASES.get(size, (16, 16))
+            base = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}"], vgg)
+            inputs = window_inputs(size, base.cfg.model.window)
+            flops: dict[str, int] = {}
+            forward_flops = forward_gflop_by_network(base, inputs)
+            for precision in precisions:
+                log(f"size {size} ngf {ngf} ndf {ndf} {precision}")
+                row: dict = {"size": size, "ngf": ngf, "ndf": ndf, "precision": precision}
+                slow = precision == "bf16" and bf16_rate
+                estimate = {k: v / 1e9 / bf16_rate for k, v in flops.items()} if slow else {}
+                if estimate and sum(estimate.values()) > args.budget:
+                    log(f"  estimated {estimate} s per window: over the budget, not run")
+                    results.append({**row, "measured": False, "estimated_seconds": rounded(estimate, 1),
+                                    "estimated_from_bf16_gflops": round(bf16_rate, 3),
+                                    "note": "FLOPs / the smaller bf16 case's rate; optimistic: the bf16 fallback "
+                                            "slows down further with size"})
+                    continue
+                steps = steppers(base, inputs, precision)
+                row.update(measure(steps, flops, precision == "fp32" or not flops, args.repeats, args.budget,
+                                   peak["fp32_matmul_gflops"]))
+                if precision == "fp32":
+                    row["forward_gflop_by_network"] = forward_flops
+                if precision == "bf16":
+                    bf16_rate = row["achieved_gflops"]["ours"]
+                results.append(row)
+                if profile_ops is None and precision == "fp32" and not args.no_profile:
+                    log("  profile of our window")
+                    profile_ops = {"size": size, "precision": precision, "top_self_cpu": top_ops(steps["ours"])}
+    emit({"machine": machine_info(), "peak": peak,
+          "settings": {"batch": 1, "window": 3, "loss_terms": TERMS, "kba": "bottleneck",
+                       "generator": "global, 4 downsamplings, 9 residual blocks", "discriminator": "2 scales, 3 layers",
+                       "vgg": "random-weight VGG19 (torchvision layout): the cost of the ImageNet one, not its values",
+                       "repeats": args.repeats, "budget_s": args.budget,
+                       "ours": "Fundus2VideoModule._window_step", "release": "reference.release_window_step",
+                       "flops": "FlopCounterMode: forward and backward of the G and D steps (not the optimizer steps)"},
+          "results": results, "profile": profile_ops})
+
+
+if __name__ == "__main__":
+    main()

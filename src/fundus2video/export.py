@@ -1,0 +1,230 @@
+"""`fundus2video export`: a checkpoint's generator as one standalone file for other projects.
+
+TorchScript (`torch.jit.load`, needs torch only) or ONNX (any ONNX runtime; the optional extra
+`fundus2video[export]`). Two things can be exported: one autoregressive window of the generator,
+(B, 3 + K, H, W) -> (B, K, H, W), for callers that run their own rollout; or the whole rollout
+for a fixed number of frames T, CF (B, 3, H, W) -> video (B, T, 1, H, W), the same video as
+`fundus2video generate`. Every export is reloaded from disk and checked against the eager
+generator before it is renamed into place, and a JSON sidecar `<out>.json` says how to call it.
+
+Torch is imported inside the functions so that `fundus2video --help` and the other commands,
+which build this command's parser, stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fundus2video.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+FORMATS = ("torchscript", "onnx")
+TOLERANCE = 1e-4  # largest |exported - eager| accepted on the check input
+CHECK_BATCH = 2  # the check runs another batch size than the export's example (1): batch is dynamic
+ONNX_MISSING = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fundus2video[export]'"
+
+
+@dataclass
+class ExportResult:
+    """What `export_generator` wrote."""
+
+    path: Path  # the exported file
+    sidecar: Path  # <path>.json, its description
+    max_abs_diff: float  # largest |exported - eager| on the check input
+
+
+def video_generator(generator: torch.nn.Module, window: int, n_frames: int) -> torch.nn.Module:
+    """The rollout of T frames as a module: forward(cf (B, 3, H, W)) -> (B, T, 1, H, W), in [-1, 1].
+
+    T is fixed, so the window loop unrolls into T generator calls when traced or exported.
+    """
+    import torch
+
+    from fundus2video.rollout import rollout
+
+    class VideoGenerator(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.generator = generator
+
+        def forward(self, cf: torch.Tensor) -> torch.Tensor:
+            return rollout(self.generator, cf, n_frames, window)
+
+    return VideoGenerator().eval()
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UserError(ONNX_MISSING) from None
+
+
+def _save_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        # shape checks inside InstanceNorm become constants (harmless: the check below runs another
+        # batch size), and torch 2.13 marks TorchScript deprecated while still saving and loading it
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.jit.load(str(path), map_location="cpu")(x)
+
+
+def _save_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str]) -> None:
+    import torch
+
+    # the exporter's notes (torchvision ops this model never uses, every optimizer pass) would flood
+    # the CLI, whose logging shows INFO
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(net, (example,), str(path), input_names=[names[0]], output_names=[names[1]],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                              external_data=False, verbose=False)
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+    import torch
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def _describe(fmt: str, ckpt: Path, window: int, size: int, frames: int | None, names: tuple[str, str],
+              diff: float, file: str) -> dict:
+    """The sidecar: what goes in, what comes out, how to call it, where it came from."""
+    import torch
+
+    import fundus2video
+
+    cf = {"channels": "0-2: the colour fundus photo, RGB, cropped to its field of view and resized to size x size "
+                      "(as fundus2video.generate.prepare_photo does)"}
+    if frames is None:
+        inp = {"name": names[0], "shape": ["B", 3 + window, size, size], **cf}
+        inp["channels"] += f"; 3-{2 + window}: the K = {window} previous frames (first window: CF channels cycled)"
+        out = {"name": names[1], "shape": ["B", window, size, size],
+               "channels": f"the next K = {window} FFA frames (grey)"}
+        rollout = (f"window n = 0 .. T-1 predicts frames n .. n+{window - 1} (clamped at T-1) from the CF and the "
+                   "previous window's output; each frame is the mean of every window that predicted it, clamped "
+                   "duplicates not counted (fundus2video.rollout.rollout)")
+    else:
+        inp = {"name": names[0], "shape": ["B", 3, size, size], **cf}
+        out = {"name": names[1], "shape": ["B", frames, 1, size, size], "channels": f"T = {frames} FFA frames (grey)"}
+        rollout = "included: the file runs every window"
+    call = {"torchscript": f"torch.jit.load('{file}')(x)",
+            "onnx": f"onnxruntime.InferenceSession('{file}').run(None, {{'{names[0]}': x}})[0]"}[fmt]
+    return {
+        "file": file, "format": fmt, "kind": "window" if frames is None else "video",
+        "input": inp, "output": out, "dtype": "float32", "value_range": [-1.0, 1.0],
+        "batch": "any", "size": size, "window": window, "frames": frames,
+        "rollout": rollout, "call": call, "max_abs_diff_vs_eager": diff, "checkpoint": str(ckpt.resolve()),
+        "fundus2video_version": fundus2video.__version__, "torch_version": torch.__version__,
+    }
+
+
+def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscript", size: int | None = None,
+                     frames: int | None = None) -> ExportResult:
+    """Export the generator of checkpoint `ckpt` to `out` (and its description to `<out>.json`).
+
+    frames=None exports one window, (B, 3 + K, H, W) -> (B, K, H, W); frames=T the rollout of T
+    frames, (B, 3, H, W) -> (B, T, 1, H, W). H = W = `size` (default: the checkpoint's data.size);
+    any batch size. Raises UserError for bad arguments, RuntimeError when the reloaded file
+    does not reproduce the eager generator within TOLERANCE (then nothing is written).
+    """
+    if format not in FORMATS:
+        raise UserError(f"format '{format}' is not one of {', '.join(FORMATS)}")
+    if frames is not None and frames < 1:
+        raise UserError(f"--frames must be at least 1, got {frames}")
+    if format == "onnx":
+        _require_onnx()
+    ckpt, out = Path(ckpt), Path(out)
+    if not ckpt.is_file():  # checked before the slow imports: a mistyped path is answered at once
+        raise UserError(f"checkpoint not found: {ckpt}")
+    import torch
+
+    from fundus2video.module import Fundus2VideoModule
+    from fundus2video.video_io import atomic_path
+
+    try:  # weights_only: exporting a checkpoint from elsewhere runs none of its code
+        module = Fundus2VideoModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as err:
+        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else ""  # torch's advice would mislead
+        raise UserError(f"{ckpt}: not a fundus2video checkpoint ({type(err).__name__}: {reason})") from None
+    cfg = module.cfg
+    window, g = cfg.model.window, cfg.model.generator
+    multiple = 2 ** (g.n_downsample + (g.netg == "local"))  # the local enhancer halves the input first
+    size = cfg.data.size if size is None else size
+    if size < multiple or size % multiple:
+        raise UserError(f"--size {size}: this generator needs a multiple of {multiple}")
+    net = module.generator if frames is None else video_generator(module.generator, window, frames)
+    channels, names = (3 + window, ("x", "frames")) if frames is None else (3, ("cf", "video"))
+    rng = torch.Generator().manual_seed(0)
+    example, check = (torch.rand(n, channels, size, size, generator=rng) * 2 - 1 for n in (1, CHECK_BATCH))
+    with torch.no_grad(), atomic_path(out) as tmp:
+        if format == "torchscript":
+            _save_torchscript(net, example, tmp)
+            got = _run_torchscript(tmp, check)
+        else:
+            _save_onnx(net, example, tmp, names)
+            got = _run_onnx(tmp, check)
+        expected = net(check)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"export check failed: the exported {format} gives {tuple(got.shape)}, "
+                               f"the eager generator {tuple(expected.shape)}")
+        diff = (got - expected).abs().max().item()
+        if not diff <= TOLERANCE:  # also catches NaN
+            raise RuntimeError(f"export check failed: the exported {format} differs from the eager generator "
+                               f"by up to {diff:.3g} (> {TOLERANCE})")
+    sidecar = Path(f"{out}.json")
+    with atomic_path(sidecar) as tmp:
+        description = _describe(format, ckpt, window, size, frames, names, diff, out.name)
+        tmp.write_text(json.dumps(description, indent=2) + "\n")
+    return ExportResult(out, sidecar, diff)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `fundus2video export` (dispatch: `cmd_export`)."""
+    p = subparsers.add_parser("export", help="the generator as a standalone TorchScript or ONNX file",
+                              description="Export a checkpoint's generator for use without fundus2video; "
+                                          "writes OUT and OUT.json (inputs, outputs, how to call it).")
+    p.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, help="file to write, e.g. generator.pt or generator.onnx")
+    p.add_argument("--format", choices=FORMATS, default="torchscript",
+                   help="torchscript (needs torch only) or onnx (needs fundus2video[export])")
+    p.add_argument("--frames", type=int, default=None,
+                   help="export the whole rollout of T frames: CF -> video (default: one window)")
+    p.add_argument("--size", type=int, default=None, help="image side H = W (default: the checkpoint's data.size)")
+    return p
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    result = export_generator(args.ckpt, args.out, args.format, args.size, args.frames)
+    print(f"wrote {result.path} ({args.format}; max |exported - eager| = {result.max_abs_diff:.2g}) "
+          f"and {result.sidecar}")
+    return 0

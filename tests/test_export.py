@@ -1,0 +1,144 @@
+"""`fundus2video export`: standalone TorchScript / ONNX files that reproduce the eager generator in a
+process that never imports fundus2video; the JSON sidecar; clear errors."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fundus2video.config import load_config
+from fundus2video.errors import UserError
+from fundus2video.export import ONNX_MISSING, export_generator
+from fundus2video.generate import load_module
+from fundus2video.train import train
+from tests.conftest import TINY
+
+# runs in a fresh interpreter outside the repository: torch (and onnxruntime) only
+RUN_EXPORTED = textwrap.dedent("""
+    import sys, torch
+    results = {}
+    for path, x in torch.load(sys.argv[1]).items():
+        if path.endswith(".onnx"):
+            import onnxruntime
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            results[path] = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        else:
+            results[path] = torch.jit.load(path)(x)
+    assert not any(name.startswith("fundus2video") for name in sys.modules), "fundus2video was imported"
+    torch.save(results, sys.argv[2])
+""")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny checkpoint whose generator has every branch an export must trace: the local
+    enhancer and a KBA head."""
+    root = tmp_path_factory.mktemp("export")
+    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1", f"logging.root={root}",
+                                                 "model.generator.netg=local",
+                                                 "model.generator.kba_stages=[bottleneck]"])
+    return train(cfg) / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def module(ckpt):
+    return load_module(ckpt)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fundus2video", "export", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def _check_without_fundus2video(module, tmp_path, exports: dict, size: int) -> None:
+    """Run each exported file {path: frames} on a batch size the export never saw, in one fresh
+    process, and compare with the eager generator (frames None) or rollout (frames T)."""
+    inputs = {str(path): torch.rand(3, 6 if frames is None else 3, size, size) * 2 - 1
+              for path, frames in exports.items()}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", RUN_EXPORTED, "inputs.pt", "outputs.pt"], check=True, cwd=tmp_path, env=env)
+    outputs = torch.load(tmp_path / "outputs.pt")
+    for path, frames in exports.items():
+        x = inputs[str(path)]
+        with torch.no_grad():
+            expected = module.generator(x) if frames is None else module(x, frames)
+        assert outputs[str(path)].shape == expected.shape, path
+        assert (outputs[str(path)] - expected).abs().max() <= 1e-4, path
+
+
+def test_cli_writes_torchscript_and_its_sidecar(ckpt, module, tmp_path):
+    out = tmp_path / "gen" / "generator.pt"
+    proc = _cli("--ckpt", ckpt, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    x = torch.rand(2, 6, 32, 32) * 2 - 1  # CF + K = 3 previous frames
+    with torch.no_grad():
+        assert (torch.jit.load(out)(x) - module.generator(x)).abs().max() <= 1e-5
+
+    side = json.loads((tmp_path / "gen" / "generator.pt.json").read_text())
+    assert side["format"] == "torchscript" and side["kind"] == "window" and side["file"] == "generator.pt"
+    assert side["input"]["shape"] == ["B", 6, 32, 32] and side["output"]["shape"] == ["B", 3, 32, 32]
+    assert side["window"] == 3 and side["size"] == 32 and side["frames"] is None
+    assert side["value_range"] == [-1.0, 1.0] and side["max_abs_diff_vs_eager"] <= 1e-4
+    assert side["checkpoint"] == str(ckpt.resolve()) and side["fundus2video_version"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["generator.pt", "generator.pt.json"]  # no temp files
+
+
+def test_torchscript_window_and_video_run_without_fundus2video(ckpt, module, tmp_path):
+    window = export_generator(ckpt, tmp_path / "window.pt", size=64)
+    video = export_generator(ckpt, tmp_path / "video.pt", frames=3, size=64)
+    side = json.loads(video.sidecar.read_text())
+    assert side["kind"] == "video" and side["input"]["shape"] == ["B", 3, 64, 64]
+    assert side["output"]["shape"] == ["B", 3, 1, 64, 64]
+    _check_without_fundus2video(module, tmp_path, {window.path: None, video.path: 3}, 64)
+
+
+def test_onnx_video_runs_without_fundus2video(ckpt, module, tmp_path):
+    """The rollout (the window generator unrolled T times, with the frame averaging) in ONNX."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    video = export_generator(ckpt, tmp_path / "video.onnx", "onnx", frames=2)
+    side = json.loads(video.sidecar.read_text())
+    assert side["format"] == "onnx" and side["input"]["name"] == "cf" and "onnxruntime" in side["call"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.onnx", "video.onnx.json"]  # no external .data
+    _check_without_fundus2video(module, tmp_path, {video.path: 2}, 32)
+
+
+def test_onnx_without_its_packages_names_the_extra(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # its import fails as if not installed
+    with pytest.raises(UserError) as err:
+        export_generator(ckpt, tmp_path / "g.onnx", "onnx")
+    assert str(err.value) == ONNX_MISSING and "pip install 'fundus2video[export]'" in ONNX_MISSING
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_checkpoint_is_one_line_naming_it(tmp_path):
+    proc = _cli("--ckpt", tmp_path / "nosuch.ckpt", "--out", tmp_path / "g.pt")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"fundus2video: error: checkpoint not found: {tmp_path / 'nosuch.ckpt'}"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"size": 36}, "--size 36: this generator needs a multiple of 8"),
+    ({"frames": 0}, "--frames must be at least 1, got 0"),
+    ({"format": "tflite"}, "format 'tflite' is not one of torchscript, onnx"),
+])
+def test_bad_arguments(ckpt, tmp_path, kwargs, expected):
+    with pytest.raises(UserError, match=re.escape(expected)):
+        export_generator(ckpt, tmp_path / "g.pt", **kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "weights.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=re.escape(f"{junk}: not a fundus2video checkpoint (UnpicklingError")):
+        export_generator(junk, tmp_path / "g.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.ckpt"]
