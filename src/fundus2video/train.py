@@ -168,7 +168,9 @@ def quiet_known_warnings() -> None:
     for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
                     ".*LeafSpec.*", ".*treespec.*",
                     # the run directory holds config.yaml already; the CSV logger only writes metrics.csv
-                    ".*exists and is not empty.*"):
+                    ".*exists and is not empty.*",
+                    # mid-epoch resume is exact here: the data module's state skips the videos already seen
+                    ".*resuming from a checkpoint that ended before the epoch ended.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
