@@ -7,8 +7,10 @@ ImageNet's). Ours: `Fundus2VideoModule._window_step`; release: `fundus2video.ref
 each on its own copy of the same module with its own optimizers, repeats interleaved; the ratio
 release / ours comes from the same run. FLOPs of one window (forward and backward of both steps)
 from `torch.utils.flop_counter.FlopCounterMode`, against this machine's fp32 matmul rate measured
-in the same run. A bf16 case whose cost, estimated from an earlier bf16 case's rate, exceeds the
-budget is estimated, not run (CPUs without native bf16 convolve bf16 on a slow fallback path).
+in the same run; `ratio_bound_at_fp32_peak` is the largest release / ours ratio our FLOPs allow here
+(the release's measured time over our FLOPs at that peak). A bf16 case whose cost, estimated from an
+earlier bf16 case's rate, exceeds the budget is estimated, not run (CPUs without native bf16
+convolve bf16 on a slow fallback path).
 
     python benchmarks/train_window.py [--repeats 3] [--budget 60] [--sizes 128,256]
         [--precisions fp32,bf16] [--no-profile]
@@ -112,6 +114,9 @@ def measure(steps: dict[str, Callable[[], None]], flops: dict[str, int], count: 
         "gflop_per_window": {k: round(v / 1e9, 2) for k, v in flops.items()},
         "achieved_gflops": rounded(rate, 2),
         "fraction_of_fp32_matmul_peak": {k: round(v / peak_fp32, 3) for k, v in rate.items()},
+        # the release order's time over the time our FLOPs would take at the fp32 matmul peak: no
+        # implementation doing our FLOPs can beat the release order by more on this machine
+        "ratio_bound_at_fp32_peak": round(times["release"]["seconds"] / (flops["ours"] / 1e9 / peak_fp32), 3),
     })
     return row
 

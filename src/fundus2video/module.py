@@ -182,7 +182,7 @@ class Fundus2VideoModule(L.LightningModule):
         return self.vgg_loss(fold(fake), fold(target))
 
     def _g_losses(self, cf, fake, target, km, pred_fake, pred_real, pred_fake_km=None, attention=None):
-        """G: weighted sum of the enabled terms; each term is logged unweighted."""
+        """G's enabled terms, unweighted (weights: `_g_weights`)."""
         w = self.cfg.loss
         parts = {"g_gan": self.gan_loss(pred_fake, True)}
         if w.feat > 0:
@@ -206,10 +206,12 @@ class Fundus2VideoModule(L.LightningModule):
                 for logit in attention.values()) / len(attention)
         if w.l1 > 0:
             parts["g_l1"] = self.l1_loss(fake, target)
-        weights = {"g_gan": w.gan, "g_feat": w.feat, "g_vgg": w.vgg, "g_gv": w.gv, "g_nce": w.nce,
-                   "g_gan_km": w.gan_km, "g_att": w.att, "g_l1": w.l1}
-        total = sum(weights[name] * value for name, value in parts.items() if name in weights)
-        return total, parts
+        return parts
+
+    def _g_weights(self) -> dict[str, float]:
+        w = self.cfg.loss
+        return {"g_gan": w.gan, "g_feat": w.feat, "g_vgg": w.vgg, "g_gv": w.gv, "g_nce": w.nce,
+                "g_gan_km": w.gan_km, "g_att": w.att, "g_l1": w.l1}
 
     # ------------------------------------------------------------------ training
     def _discriminate(self, *inputs: torch.Tensor) -> list[list[list[torch.Tensor]]]:
@@ -219,29 +221,43 @@ class Fundus2VideoModule(L.LightningModule):
         outs = self.discriminator(torch.cat(inputs, dim=0))
         return [[[f[i * n:(i + 1) * n] for f in scale] for scale in outs] for i in range(len(inputs))]
 
+    def _loss_scale(self) -> float:
+        """The GradScaler's current scale under 16-mixed (1 otherwise, and outside a Trainer)."""
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+
     def window_losses(self, cf, prev, target, km):
         """One window's forward: the fake (B, K, H, W) and both losses, (g_total, g_parts,
         d_total, d_parts), all computed against the same discriminator.
 
-        D runs twice: once on the inputs of its own loss (real and the detached fake, each also
-        masked when the knowledge-aware terms are on), once on the fake for G's loss with D's
-        weights frozen, since G's loss must not produce gradients for D."""
+        D runs once, batched, on real and fake (and both masked with the knowledge-aware terms):
+        its output serves D's loss and G's adversarial terms alike. D sees the fake through a
+        detached leaf, so D's loss reaches D alone; G's adversarial terms (GAN, feature matching,
+        GAN_km) are differentiated to that leaf here (`autograd.grad`: D's input gradients only,
+        no weight gradients), and `g_total` carries them back into G as the linear term
+        <fake, dL_adv/dfake>, the chain rule's own step: so `g_total.backward()` gives G the
+        gradients of the straightforward formulation (tests/test_reference.py) and never touches
+        D. `g_total`'s value is the sum of the terms."""
         w = self.cfg.loss
         want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
         kad = w.gan_km > 0  # knowledge-aware D: the same D on inputs multiplied by the mask
         fake, attention = self.generator(torch.cat([cf, prev], dim=1), return_attention=True)
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
-        fake_d = fake_in.detach()
-        masked = (real_in * km, fake_d * km) if kad else ()
-        pred_real, pred_fake_d, *km_d = self._discriminate(real_in, fake_d, *masked)
-        self.discriminator.requires_grad_(False)
-        try:
-            pred_fake, *km_g = self._discriminate(fake_in, *((fake_in * km,) if kad else ()))
-        finally:
-            self.discriminator.requires_grad_(True)
-        g_total, g_parts = self._g_losses(cf, fake, target, km, pred_fake, pred_real, km_g[0] if kad else None,
-                                          attention if want_att else None)
-        d_total, d_parts = self._d_losses(pred_real, pred_fake_d, *km_d)
+        fake_leaf = fake_in.detach().requires_grad_(fake_in.requires_grad)
+        masked = (real_in * km, fake_leaf * km) if kad else ()
+        pred_real, pred_fake, *km_preds = self._discriminate(real_in, fake_leaf, *masked)
+        g_parts = self._g_losses(cf, fake, target, km, pred_fake, pred_real, km_preds[1] if kad else None,
+                                 attention if want_att else None)
+        weights, adv_names = self._g_weights(), ("g_gan", "g_feat", "g_gan_km")
+        adv = sum(weights[n] * v for n, v in g_parts.items() if n in adv_names)
+        rest = sum(weights[n] * v for n, v in g_parts.items() if n in weights and n not in adv_names)
+        g_total = rest + adv
+        if fake_leaf.requires_grad and torch.is_grad_enabled():
+            scale = self._loss_scale()  # as the backward will: fp16 gradients through D must not underflow
+            (grad,) = torch.autograd.grad(adv * scale, fake_leaf, retain_graph=True)  # D's graph serves D's loss
+            link = (fake_in.float() * (grad.float() / scale)).sum()
+            g_total = rest + adv.detach() + (link - link.detach())
+        d_total, d_parts = self._d_losses(pred_real, pred_fake, *km_preds)
         return fake, g_total, g_parts, d_total, d_parts
 
     def _window_step(self, cf, prev, target, km) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -251,7 +267,7 @@ class Fundus2VideoModule(L.LightningModule):
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_total)
         opt_g.step()
-        opt_d.zero_grad(set_to_none=True)  # drops what the G loss left in D's gradients
+        opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_total)
         opt_d.step()
         self._step_schedules()
