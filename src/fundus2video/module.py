@@ -230,8 +230,9 @@ class Fundus2VideoModule(L.LightningModule):
         """One window's forward: the fake (B, K, H, W) and both losses, (g_total, g_parts,
         d_total, d_parts), all computed against the same discriminator.
 
-        D runs once, batched, on real and fake (and both masked with the knowledge-aware terms):
-        its output serves D's loss and G's adversarial terms alike. D sees the fake through a
+        D runs once on real and once on fake (each batched with its masked copy when the
+        knowledge-aware terms are on): its output on the fake serves D's loss and G's adversarial
+        terms alike. D sees the fake through a
         detached leaf, so D's loss reaches D alone; G's adversarial terms (GAN, feature matching,
         GAN_km) are differentiated to that leaf here (`autograd.grad`: D's input gradients only,
         no weight gradients), and `g_total` carries them back into G as the linear term
@@ -244,9 +245,10 @@ class Fundus2VideoModule(L.LightningModule):
         fake, attention = self.generator(torch.cat([cf, prev], dim=1), return_attention=True)
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
         fake_leaf = fake_in.detach().requires_grad_(fake_in.requires_grad)
-        masked = (real_in * km, fake_leaf * km) if kad else ()
-        pred_real, pred_fake, *km_preds = self._discriminate(real_in, fake_leaf, *masked)
-        g_parts = self._g_losses(cf, fake, target, km, pred_fake, pred_real, km_preds[1] if kad else None,
+        # real and fake in separate calls: a batched call's input gradient would span the real half too
+        pred_real, *real_km = self._discriminate(real_in, *((real_in * km,) if kad else ()))
+        pred_fake, *fake_km = self._discriminate(fake_leaf, *((fake_leaf * km,) if kad else ()))
+        g_parts = self._g_losses(cf, fake, target, km, pred_fake, pred_real, fake_km[0] if kad else None,
                                  attention if want_att else None)
         weights, adv_names = self._g_weights(), ("g_gan", "g_feat", "g_gan_km")
         adv = sum(weights[n] * v for n, v in g_parts.items() if n in adv_names)
@@ -257,7 +259,7 @@ class Fundus2VideoModule(L.LightningModule):
             (grad,) = torch.autograd.grad(adv * scale, fake_leaf, retain_graph=True)  # D's graph serves D's loss
             link = (fake_in.float() * (grad.float() / scale)).sum()
             g_total = rest + adv.detach() + (link - link.detach())
-        d_total, d_parts = self._d_losses(pred_real, pred_fake, *km_preds)
+        d_total, d_parts = self._d_losses(pred_real, pred_fake, *real_km, *fake_km)
         return fake, g_total, g_parts, d_total, d_parts
 
     def _window_step(self, cf, prev, target, km) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
