@@ -7,8 +7,15 @@ bottleneck, window K = 3) with random weights, batch 1, under torch.inference_mo
 run bf16 convolutions on a slow fallback: a bf16 case runs one frame in a subprocess stopped at the
 budget, and reports a lower bound when stopped; after one such stop, larger sizes are not run.
 
+`batching`: `generate --batch`'s case, photos per rollout 1 and 4 at 256 in fp32, their repeats
+interleaved (1, 4, 1, 4, ...) so that other load hits both alike, and the ratio of their frames per
+second from this same run. `bf16_small`: fp32 and bf16 at a small size (64) where the bf16 fallback
+may fit the budget; run first, so that its bf16 GFLOP/s gives an estimate for the bf16 cases of
+`results` that are not measured. When even the small case overruns, it is "measured": false with a
+lower bound and an estimate from this machine's bf16 matmul rate.
+
     python benchmarks/inference.py [--sizes 256,512] [--precisions fp32,bf16] [--frames 3] [--repeats 3]
-        [--budget 60]
+        [--budget 60] [--batch-sizes 1,4] [--batch-at 256] [--bf16-size 64]
 Environment: BENCH_REPEATS, BENCH_BUDGET (seconds of timed rollouts per case).
 """
 
@@ -55,6 +62,62 @@ def rollout_seconds(module, size: int, frames: int, precision: str, repeats: int
     return out
 
 
+@torch.inference_mode()
+def batching(module, size: int, frames: int, batches: list[int], repeats: int, budget: float) -> dict:
+    """fp32 frames per second with `b` photos per rollout, for each b in `batches`. A warm-up window
+    per batch size sets the repeats that fit the budget per case (at least 1); the rounds interleave
+    the sizes."""
+    g = torch.Generator().manual_seed(0)
+    cfs = {b: torch.rand(b, 3, size, size, generator=g) * 2 - 1 for b in batches}
+    window = module.cfg.model.window
+    first = {b: timed(lambda b=b: module.generator(torch.cat([cfs[b], cf_as_frames(cfs[b], window)], dim=1)))
+             for b in batches}
+    log(f"size {size} batching: warm-up window " + ", ".join(f"batch {b} {t:.2f} s" for b, t in first.items()))
+    n = max(1, min(repeats, int(budget // max(max(first.values()) * frames, 1e-9))))
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    for i in range(n):
+        for b in batches:
+            times[b].append(timed(lambda b=b: module(cfs[b], frames)))
+            log(f"  batch {b} rollout {i + 1}/{n}: {times[b][-1]:.2f} s")
+    rows = []
+    for b in batches:
+        median = statistics.median(times[b])
+        rows.append({"batch": b, "fps": round(b * frames / median, 4), "seconds_per_rollout": round(median, 3),
+                     "rollout_seconds": [round(t, 3) for t in times[b]], "repeats": n, "warmup_included": False})
+    base = rows[0]
+    return {"size": size, "precision": "fp32", "frames": frames, "measured": True, "rows": rows,
+            "fps_ratio": {f"batch{r['batch']}_over_batch{base['batch']}": round(r["fps"] / base["fps"], 3)
+                          for r in rows[1:]},
+            "fps_definition": "videos x frames / median seconds of a rollout of `batch` photos"}
+
+
+def bf16_small(size: int, frames: int, repeats: int, budget: float) -> dict:
+    """fp32 (in this process) and bf16 (one frame in a capped subprocess, as `results`) at `size`."""
+    module = build_module(size)
+    module.eval()
+    first, flops = window_flops(module, size)
+    log(f"size {size} (bf16_small): warm-up window {first:.2f} s, {flops / 1e9:.2f} GFLOP")
+    fp32 = statistics.median(rollout_seconds(module, size, frames, "fp32", repeats)) / frames
+    out: dict = {"size": size, "gflop_per_frame": round(flops / 1e9, 2),
+                 "fp32": {"fps": round(1 / fp32, 3), "seconds_per_frame": round(fp32, 4), "frames": frames,
+                          "repeats": repeats}}
+    log(f"size {size} bf16")
+    seconds = capped_rollout(size, "bf16", budget)
+    if seconds is not None:
+        rate = flops / 1e9 / seconds
+        out["bf16"] = {"measured": True, "fps": round(1 / seconds, 4), "seconds_per_frame": round(seconds, 3),
+                       "frames": 1, "repeats": 1, "warmup_included": True, "achieved_gflops": round(rate, 3)}
+        out["bf16_over_fp32_seconds"] = round(seconds / fp32, 1)
+        return out
+    log(f"  stopped after {budget:.0f} s; bf16 matmul rate for an estimate ...")
+    rate = matmul_gflops(512, torch.bfloat16, 3)
+    out["bf16"] = {"measured": False, "seconds_per_frame_above": budget, "fps_below": round(1 / budget, 5),
+                   "estimated_seconds_per_frame": round(flops / 1e9 / rate, 1),
+                   "estimated_from_bf16_matmul_gflops": round(rate, 3),
+                   "note": "GFLOP / a 512 x 512 bf16 matmul's rate: rough (convolutions take another fallback)"}
+    return out
+
+
 def capped_rollout(size: int, precision: str, timeout: float) -> float | None:
     """Seconds of a one-frame rollout (no warm-up) in a subprocess; None when it overruns `timeout`."""
     cmd = [sys.executable, __file__, "--child", str(size), "--precisions", precision]
@@ -72,6 +135,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3, help="frames per rollout (one window each)")
     parser.add_argument("--repeats", type=int, default=env_int("BENCH_REPEATS", 3))
     parser.add_argument("--budget", type=float, default=float(env_int("BENCH_BUDGET", 60)))
+    parser.add_argument("--batch-sizes", default="1,4", help="photos per rollout to compare (the first is the base)")
+    parser.add_argument("--batch-at", type=int, default=256, help="image size of the batching comparison (0: skip)")
+    parser.add_argument("--bf16-size", type=int, default=64, help="the small bf16 case's image size (0: skip)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -80,8 +146,11 @@ def main() -> None:
         print(json.dumps({"seconds": rollout_seconds(module, args.child, 1, args.precisions, 1)[0]}))
         return
 
+    machine = machine_info()  # before the run: its load average is the other processes'
     peak = round(matmul_gflops(2048, torch.float32), 1)
     log(f"fp32 matmul {peak} GFLOP/s")
+    small = bf16_small(args.bf16_size, args.frames, args.repeats, args.budget) if args.bf16_size else None
+    bf16_rate = small["bf16"].get("achieved_gflops") if small else None  # to estimate unmeasured bf16 cases
     results, stopped_at = [], None  # the size at which a slow case overran the budget
     for size in [int(s) for s in args.sizes.split(",")]:
         module = build_module(size)
@@ -97,7 +166,7 @@ def main() -> None:
                 times = rollout_seconds(module, size, frames, precision, repeats)
             elif stopped_at is not None:
                 results.append({**row, "measured": False, "note": f"not run: {stopped_at} x {stopped_at} already "
-                                f"overran the budget ({args.budget:.0f} s per frame)"})
+                                f"overran the budget ({args.budget:.0f} s per frame)", **estimate(flops, bf16_rate)})
                 continue
             else:
                 seconds = capped_rollout(size, precision, args.budget)
@@ -105,7 +174,7 @@ def main() -> None:
                     log(f"  stopped after {args.budget:.0f} s")
                     stopped_at = size
                     results.append({**row, "measured": False, "seconds_per_frame_above": args.budget,
-                                    "fps_below": round(1 / args.budget, 5)})
+                                    "fps_below": round(1 / args.budget, 5), **estimate(flops, bf16_rate)})
                     continue
                 times, frames, repeats, warmup = [seconds], 1, 1, True
             per_frame = statistics.median(times) / frames
@@ -114,12 +183,30 @@ def main() -> None:
                             "rollout_seconds": [round(t, 3) for t in times],
                             "achieved_gflops": round(flops / 1e9 / per_frame, 1),
                             "fraction_of_fp32_matmul_peak": round(flops / 1e9 / per_frame / peak, 3)})
-    emit({"machine": machine_info(), "fp32_matmul_gflops": peak,
+    batched = None
+    if args.batch_at:
+        module = build_module(args.batch_at)
+        module.eval()
+        batched = batching(module, args.batch_at, args.frames, [int(b) for b in args.batch_sizes.split(",")],
+                           args.repeats, args.budget)
+    emit({"machine": machine, "fp32_matmul_gflops": peak,
           "settings": {"generator": "ngf 64, 4 downsamplings, 9 residual blocks, KBA bottleneck (random weights)",
                        "window": 3, "batch": 1, "frames": args.frames,
                        "mode": "torch.inference_mode, Fundus2VideoModule.forward",
-                       "repeats": args.repeats, "budget_s": args.budget},
-          "results": results})
+                       "repeats": args.repeats, "budget_s": args.budget,
+                       "batching": "photos per rollout, fp32, repeats interleaved; batch is `results`' 1 elsewhere",
+                       "bf16_small": "run before `results`: its bf16 GFLOP/s estimates their unmeasured bf16 cases"},
+          "results": results, "batching": batched, "bf16_small": small})
+
+
+def estimate(flops: int, bf16_rate: float | None) -> dict:
+    """Estimated seconds per frame of an unmeasured bf16 case from the small case's bf16 GFLOP/s."""
+    if not bf16_rate:
+        return {}
+    return {"estimated_seconds_per_frame": round(flops / 1e9 / bf16_rate, 1),
+            "estimated_from_bf16_gflops": round(bf16_rate, 3),
+            "estimate_note": "GFLOP / bf16_small's bf16 GFLOP/s: rough (a small size is bound by the weights' "
+                             "memory traffic rather than FLOPs, and the bf16 fallback may slow down with size)"}
 
 
 if __name__ == "__main__":

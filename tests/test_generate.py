@@ -6,10 +6,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from fundus2video.data_modules.phantom import make_case
 
 import fundus2video
-from fundus2video.generate import load_module
+from fundus2video.errors import UserError
+from fundus2video.generate import generate_videos, load_module, prepare_photo
 from fundus2video.train import train
 from fundus2video.video_io import read_video
 
@@ -77,3 +79,112 @@ def test_bad_photos_fail_with_one_line(tmp_path, ckpt, kind, expected):
     proc = _cli("--ckpt", ckpt, "--cf", path, "--out", tmp_path / "x.mp4")
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", ["junk", "foreign"])
+def test_a_file_that_is_not_a_checkpoint_fails_with_one_line(tmp_path, content):
+    ckpt = tmp_path / "model.ckpt"
+    if content == "junk":
+        ckpt.write_bytes(b"not a checkpoint")
+    else:  # a real torch file, but not a Lightning checkpoint of this module
+        torch.save({"weight": torch.zeros(2)}, ckpt)
+    photo = _photo(tmp_path / "eye.png")
+    proc = _cli("--ckpt", ckpt, "--cf", photo, "--out", tmp_path / "x.mp4")
+    assert proc.returncode == 2 and f"{ckpt}: not a fundus2video checkpoint" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three different phantom photos (different eyes and sizes), in a folder of their own."""
+    folder = tmp_path_factory.mktemp("photos")
+    return [_photo(folder / f"p{i}.png", size=size, index=index)
+            for i, (size, index) in enumerate([(96, 0), (128, 3), (80, 6)])]
+
+
+@pytest.fixture(scope="module")
+def kba_module():
+    """A tiny random module with KBA at the bottleneck and after the first upsampling, as the
+    method's experiment has it (the trained smoke checkpoint has none)."""
+    from fundus2video.config import load_config, to_plain
+    from fundus2video.module import Fundus2VideoModule
+    from tests.conftest import TINY
+
+    torch.manual_seed(0)
+    cfg = load_config("experiments/smoke.yaml", [*TINY, "model.generator.kba_stages=[bottleneck,up1]"])
+    return Fundus2VideoModule(to_plain(cfg)).eval()
+
+
+def _frames(module, photos, out, **kwargs) -> list[torch.Tensor]:
+    return [r.frames for r in generate_videos(module, photos, out, n_frames=4, **kwargs)]
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "kba"])
+def test_batched_generation_equals_one_photo_at_a_time(tmp_path, ckpt, kba_module, photos, which):
+    module = load_module(ckpt) if which == "checkpoint" else kba_module
+    single = _frames(module, photos, tmp_path / "single")
+    batched = _frames(module, photos, tmp_path / "batched", batch=2)  # a batch of 2, then a batch of 1
+    assert len(batched) == 3
+    for b, s in zip(batched, single, strict=True):
+        assert b.shape == (4, 1, 32, 32) and b.dtype == torch.float32
+        torch.testing.assert_close(b, s, atol=1e-5, rtol=0)
+
+
+def test_batching_keeps_each_photo_with_its_own_video(tmp_path, kba_module, photos):
+    """Each photo's file holds its own video: the photos give clearly different videos, and every
+    batched output (returned and written) is nearest to its own photo's single run."""
+    single = [_frames(kba_module, [p], tmp_path / "single")[0] for p in photos]
+    gaps = [(single[i] - single[j]).abs().mean().item() for i in range(3) for j in range(i + 1, 3)]
+    assert min(gaps) > 0.01, gaps  # otherwise a mix-up could not show
+    # the order reversed: photo 2 and photo 1 share a batch
+    results = list(generate_videos(kba_module, photos[::-1], tmp_path / "batched", n_frames=4, batch=2))
+    for result, photo in zip(results, photos[::-1], strict=True):
+        distances = [(result.frames - s).abs().mean().item() for s in single]
+        assert distances.index(min(distances)) == photos.index(photo) and min(distances) < 1e-5
+        assert result.paths == [tmp_path / "batched" / f"{photo.stem}.mp4"]
+        written = torch.from_numpy(read_video(result.paths[0])[..., 0].astype(np.float32)) / 127.5 - 1
+        errors = [(written - s[:, 0]).abs().mean().item() for s in single]
+        assert errors.index(min(errors)) == photos.index(photo), errors  # up to H.264
+        torch.testing.assert_close(result.cf, prepare_photo(photo, 32))
+
+
+def test_cli_batch_writes_one_video_per_photo(tmp_path, ckpt, photos):
+    proc = _cli("--ckpt", ckpt, "--cf", photos[0].parent, "--out", tmp_path / "videos", "--frames", 5,
+                "--batch", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 3
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["p0.mp4", "p1.mp4", "p2.mp4"]
+    for p in photos:
+        video = read_video(tmp_path / "videos" / f"{p.stem}.mp4")
+        assert video.shape[0] == 5 and video.shape[1:3] == (32, 32)
+
+
+def test_cli_batch_a_bad_photo_fails_after_the_photos_before_it(tmp_path, ckpt):
+    """As one photo at a time: the photos before the bad one are written, then one error line names it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _photo(folder / "a.png", index=1)
+    cv2.imwrite(str(folder / "b.png"), np.zeros((128, 128, 3), np.uint8))  # no field of view
+    _photo(folder / "c.png", index=2)
+    proc = _cli("--ckpt", ckpt, "--cf", folder, "--out", tmp_path / "videos", "--batch", 2)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fundus2video: error:")]
+    assert len(errors) == 1 and "b.png: no field of view found" in errors[0], proc.stderr  # (and tqdm's bar)
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["a.mp4"]
+
+
+def test_batch_and_frames_are_checked_before_any_work(tmp_path, kba_module, photos):
+    for kwargs, message in (({"batch": 0}, "--batch must be at least 1"), ({"n_frames": -1}, "--frames must be")):
+        with pytest.raises(UserError, match=message):
+            generate_videos(kba_module, photos, tmp_path, **kwargs)  # raises on the call, not when iterated
+    assert not list(tmp_path.iterdir())
+
+
+def test_bf16_generation_is_close_to_fp32_and_finite(tmp_path, kba_module, photos):
+    fp32 = _frames(kba_module, photos[:2], tmp_path / "fp32", batch=2)
+    bf16 = _frames(kba_module, photos[:2], tmp_path / "bf16", batch=2, bf16=True)
+    for b, f in zip(bf16, fp32, strict=True):
+        assert b.dtype == torch.float32 and torch.isfinite(b).all()
+        assert 0 < (b - f).abs().mean() < 0.05  # > 0: autocast did act
+    assert read_video(tmp_path / "bf16" / "p1.mp4").shape[0] == 4

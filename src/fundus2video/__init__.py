@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`fundus2video.generate_video` without importing torch at `import fundus2video`."""
-    if name == "generate_video":
-        from fundus2video.generate import generate_video
+    """`fundus2video.generate_video(s)` without importing torch at `import fundus2video`."""
+    if name in ("generate_video", "generate_videos"):
+        from fundus2video import generate
 
-        return generate_video
+        return getattr(generate, name)
     raise AttributeError(f"module 'fundus2video' has no attribute '{name}'")

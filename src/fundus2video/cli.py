@@ -113,15 +113,16 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fundus2video.generate import generate_video, load_module, photos_in
+    from fundus2video.generate import generate_videos, load_module, photos_in
 
     photos = photos_in(args.cf)
     module = load_module(args.ckpt, args.device)
     out = Path(args.out)
     formats = ("mp4", "gif") if args.gif else ("mp4",)
-    for photo in tqdm(photos, desc="generating", unit="photo", disable=len(photos) == 1):
-        target = out / f"{photo.stem}.mp4" if len(photos) > 1 or out.is_dir() else out
-        result = generate_video(module, photo, target, args.frames, formats, args.fps, args.strip, args.side_by_side)
+    targets = [out / f"{p.stem}.mp4" if len(photos) > 1 or out.is_dir() else out for p in photos]
+    results = generate_videos(module, photos, targets, args.frames, formats, args.fps, args.strip, args.side_by_side,
+                              batch=args.batch, bf16=args.bf16)
+    for result in tqdm(results, desc="generating", unit="photo", total=len(photos), disable=len(photos) == 1):
         print(" ".join(str(p) for p in result.paths))
     return 0
 
@@ -206,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strip", action="store_true", help="also write a PNG strip: CF and every frame")
     gen.add_argument("--side-by-side", action="store_true", help="also write CF | generated as <stem>_sbs.mp4")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
+    gen.add_argument("--batch", type=int, default=1,
+                     help="photos per rollout when --cf is a folder (more memory; faster where one photo "
+                     "leaves the cores or GPU idle)")
+    gen.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast (slow on CPUs "
+                     "without bf16 instructions)")
     abl = sub.add_parser("ablation", help="train the method, the baseline and the ablations; table of scores")
     abl.add_argument("--out", default="runs/ablation", help="output folder")
     abl.add_argument("--variants", nargs="*", help="experiments to run (default: all seven)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,14 +167,10 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
         raise UserError(f"checkpoint not found: {ckpt}")
     import torch
 
-    from fundus2video.module import Fundus2VideoModule
+    from fundus2video.generate import load_module
     from fundus2video.video_io import atomic_path
 
-    try:  # weights_only: exporting a checkpoint from elsewhere runs none of its code
-        module = Fundus2VideoModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as err:
-        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else ""  # torch's advice would mislead
-        raise UserError(f"{ckpt}: not a fundus2video checkpoint ({type(err).__name__}: {reason})") from None
+    module = load_module(ckpt)  # weights_only: exporting a checkpoint from elsewhere runs none of its code
     cfg = module.cfg
     window, g = cfg.model.window, cfg.model.generator
     multiple = 2 ** (g.n_downsample + (g.netg == "local"))  # the local enhancer halves the input first

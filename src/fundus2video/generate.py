@@ -3,11 +3,15 @@
 The photo goes through training's preprocessing (field of view from the CF's green channel,
 zero outside, crop to the ROI box, resize to the checkpoint's size), then the autoregressive
 rollout with window averaging. Outputs: mp4 and/or gif, optionally a PNG strip of the frames
-and a side-by-side video with the CF.
+and a side-by-side video with the CF. Several photos can share one rollout (`batch`), and the
+rollout can run under bfloat16 autocast (`bf16`), always under `torch.inference_mode`.
 """
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,37 +55,112 @@ def prepare_photo(path: Path, size: int) -> torch.Tensor:
 
 
 def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule:
+    """A trained module in eval mode. `weights_only`: a checkpoint from elsewhere runs none of its
+    code; a file that is not a fundus2video checkpoint fails in one line naming it."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise UserError(f"checkpoint not found: {ckpt}")
-    return Fundus2VideoModule.load_from_checkpoint(ckpt, map_location=device).eval()
+    try:
+        return Fundus2VideoModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as err:
+        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else ""  # torch's advice would mislead
+        raise UserError(f"{ckpt}: not a fundus2video checkpoint ({type(err).__name__}: {reason})") from None
 
 
 @torch.inference_mode()
-def generate_video(module: Fundus2VideoModule, cf_path: str | Path, out: str | Path, n_frames: int | None = None,
-                   formats: tuple[str, ...] = ("mp4",), fps: int = 4, strip: bool = False,
-                   side_by_side: bool = False) -> GeneratedVideo:
-    """Generate and write the video of one photo. `out` names the video; other formats and
-    extras are written next to it with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`)."""
-    size = module.cfg.data.size
-    cf = prepare_photo(Path(cf_path), size).to(module.device)
-    t = n_frames or module.cfg.data.n_frames
-    if t < 1:
-        raise UserError(f"--frames must be at least 1, got {t}")
-    frames = module(cf[None], t)[0].float().cpu()  # (T, 1, S, S)
-    out = Path(out)
-    stem = out.with_suffix("")
+def rollout_photos(module: Fundus2VideoModule, cfs: torch.Tensor, n_frames: int, bf16: bool = False) -> torch.Tensor:
+    """Prepared photos (B, 3, S, S) -> their videos (B, T, 1, S, S), float32 on the CPU, in one rollout.
+
+    The generator's instance norm works per sample, so a photo's video does not depend on the
+    others in the batch. `bf16`: bfloat16 autocast (fast on GPUs and CPUs with bf16 instructions,
+    a slow fallback elsewhere); the frames are averaged and returned in float32 all the same.
+    """
+    autocast = torch.autocast(module.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with autocast:
+        frames = module(cfs.to(module.device), n_frames)
+    return frames.float().cpu()
+
+
+def write_outputs(frames: torch.Tensor, cf: torch.Tensor, out: str | Path, formats: tuple[str, ...] = ("mp4",),
+                  fps: int = 4, strip: bool = False, side_by_side: bool = False) -> list[Path]:
+    """One photo's files: `out` names the video; other formats and extras are written next to it
+    with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`). frames (T, 1, S, S), cf (3, S, S)."""
+    stem = Path(out).with_suffix("")
     video = np.stack([to_uint8(f) for f in frames])
     writers = {"mp4": write_mp4, "gif": write_gif}
     paths = [writers[fmt](stem.with_suffix(f".{fmt}"), video, fps) for fmt in formats]
     if strip:
-        paths.append(write_png(Path(f"{stem}_strip.png"), np.hstack([to_uint8(cf.cpu())] + list(video))))
+        paths.append(write_png(Path(f"{stem}_strip.png"), np.hstack([to_uint8(cf)] + list(video))))
     if side_by_side:
-        cf_img = enlarge(to_uint8(cf.cpu()))
+        cf_img = enlarge(to_uint8(cf))
         rows = [np.hstack([cf_img, enlarge(f)]) for f in video]
         band = label_band(rows[0].shape[1], ["CF", "generated FFA"])
         paths.append(write_mp4(Path(f"{stem}_sbs.mp4"), np.stack([np.vstack([band, r]) for r in rows]), fps))
-    return GeneratedVideo(frames, cf.cpu(), paths)
+    return paths
+
+
+def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
+                    out: str | Path | Sequence[str | Path], n_frames: int | None = None,
+                    formats: tuple[str, ...] = ("mp4",), fps: int = 4, strip: bool = False,
+                    side_by_side: bool = False, batch: int = 1, bf16: bool = False) -> Iterator[GeneratedVideo]:
+    """Generate and write the videos of several photos, `batch` photos per rollout.
+
+    `out`: a folder (photo `p` -> `<out>/<p.stem>.mp4`) or one video path per photo (extras as in
+    `generate_video`). Returns an iterator over the photos' results, in order, each yielded once
+    its files are written: the work happens as it is consumed (`list(...)` to run it all), and only
+    one batch of videos is held at a time. Photos are prepared one by one; a photo that cannot be
+    prepared raises its UserError after the photos before it are written, as one at a time would.
+    A batch costs `batch` videos' memory and pays where one photo leaves the hardware idle (small
+    images, a GPU); benchmarks/inference.py measures it.
+    """
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    t = n_frames or module.cfg.data.n_frames
+    if t < 1:
+        raise UserError(f"--frames must be at least 1, got {t}")
+    photos = [Path(p) for p in photos]
+    if isinstance(out, str | Path):
+        targets = [Path(out) / f"{p.stem}.mp4" for p in photos]
+    else:
+        targets = [Path(o) for o in out]
+        if len(targets) != len(photos):
+            raise ValueError(f"{len(photos)} photos but {len(targets)} output paths")
+    return _generate(module, list(zip(photos, targets, strict=True)), t, formats, fps, strip, side_by_side, batch,
+                     bf16)
+
+
+def _generate(module: Fundus2VideoModule, jobs: list[tuple[Path, Path]], t: int, formats: tuple[str, ...],
+              fps: int, strip: bool, side_by_side: bool, batch: int, bf16: bool) -> Iterator[GeneratedVideo]:
+    """`generate_videos`' work, (photo, video path) after (photo, video path)."""
+    def flush(pending: list[tuple[torch.Tensor, Path]]) -> Iterator[GeneratedVideo]:
+        if not pending:
+            return
+        videos = rollout_photos(module, torch.stack([cf for cf, _ in pending]), t, bf16)
+        for (cf, target), frames in zip(pending, videos, strict=True):
+            yield GeneratedVideo(frames, cf, write_outputs(frames, cf, target, formats, fps, strip, side_by_side))
+
+    size = module.cfg.data.size
+    pending: list[tuple[torch.Tensor, Path]] = []
+    for photo, target in jobs:
+        try:
+            cf = prepare_photo(photo, size)
+        except UserError:  # the photos before it are written first, as one at a time would
+            yield from flush(pending)
+            raise
+        pending.append((cf, target))
+        if len(pending) == batch:
+            yield from flush(pending)
+            pending = []
+    yield from flush(pending)
+
+
+def generate_video(module: Fundus2VideoModule, cf_path: str | Path, out: str | Path, n_frames: int | None = None,
+                   formats: tuple[str, ...] = ("mp4",), fps: int = 4, strip: bool = False,
+                   side_by_side: bool = False, bf16: bool = False) -> GeneratedVideo:
+    """Generate and write the video of one photo. `out` names the video; other formats and
+    extras are written next to it with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`)."""
+    (result,) = generate_videos(module, [cf_path], [out], n_frames, formats, fps, strip, side_by_side, bf16=bf16)
+    return result
 
 
 def photos_in(path: str | Path) -> list[Path]:
