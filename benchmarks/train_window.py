@@ -8,9 +8,10 @@ each on its own copy of the same module with its own optimizers, repeats interle
 release / ours comes from the same run. FLOPs of one window (forward and backward of both steps)
 from `torch.utils.flop_counter.FlopCounterMode`, against this machine's fp32 matmul rate measured
 in the same run; `ratio_bound_at_fp32_peak` is the largest release / ours ratio our FLOPs allow here
-(the release's measured time over our FLOPs at that peak). A bf16 case whose cost, estimated from an
-earlier bf16 case's rate, exceeds the budget is estimated, not run (CPUs without native bf16
-convolve bf16 on a slow fallback path).
+(the release's measured time over our FLOPs at that peak). `aten_ops_per_window` counts the kernels
+each order dispatches: a device-independent measure of the per-op overhead that dominates small
+windows on a GPU. A bf16 case whose cost, estimated from an earlier bf16 case's rate, exceeds the
+budget is estimated, not run (CPUs without native bf16 convolve bf16 on a slow fallback path).
 
     python benchmarks/train_window.py [--repeats 3] [--budget 60] [--sizes 128,256]
         [--precisions fp32,bf16] [--no-profile]
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from _common import build_module, emit, env_int, log, machine_info, matmul_gflops, median_seconds, timed, window_inputs
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from fundus2video.reference import module_window_step, release_window_step, standalone_optimizers, write_random_vgg19
@@ -41,12 +43,25 @@ def precision_context(precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
-def counted(fn: Callable[[], object]) -> tuple[float, int]:
-    """(seconds, FLOPs) of one call under FlopCounterMode (a warm-up call)."""
-    counter = FlopCounterMode(display=False)
-    with counter:
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched to kernels (forward, backward, optimizer): about one kernel
+    launch each on a GPU, where at small sizes each costs more than its arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def counted(fn: Callable[[], object]) -> tuple[float, int, int]:
+    """(seconds, FLOPs, ATen ops) of one call under FlopCounterMode and OpCounter (a warm-up call)."""
+    counter, ops = FlopCounterMode(display=False), OpCounter()
+    with counter, ops:
         seconds = timed(fn)
-    return seconds, counter.get_total_flops()
+    return seconds, counter.get_total_flops(), ops.count
 
 
 def forward_gflop_by_network(module, inputs: tuple) -> dict[str, float]:
@@ -100,9 +115,10 @@ def measure(steps: dict[str, Callable[[], None]], flops: dict[str, int], count: 
             budget: float, peak_fp32: float) -> dict:
     """Times (and with `count`, first counts the FLOPs of) both formulations: one result row's fields."""
     row: dict = {"measured": True}
-    if count:  # the warm-up call counts the FLOPs (autocast leaves them unchanged)
-        first_o, flops["ours"] = counted(steps["ours"])
-        first_r, flops["release"] = counted(steps["release"])
+    if count:  # the warm-up call counts the FLOPs (autocast leaves them unchanged) and the ops
+        first_o, flops["ours"], ops_o = counted(steps["ours"])
+        first_r, flops["release"], ops_r = counted(steps["release"])
+        row["aten_ops_per_window"] = {"ours": ops_o, "release": ops_r}
     else:  # a plain warm-up: its time may stand in for a slow case's measurement
         first_o, first_r = timed(steps["ours"]), timed(steps["release"])
     log(f"  warm-up ours {first_o:.2f} s, release {first_r:.2f} s; FLOPs {flops}")
