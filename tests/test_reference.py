@@ -150,3 +150,26 @@ def test_outside_trainer_restores_the_module(make_module):
     with outside_trainer(module, opt_g, opt_d):
         assert module.optimizers() == (opt_g, opt_d)
     assert "optimizers" not in module.__dict__ and "manual_backward" not in module.__dict__
+
+
+def test_an_overflowing_adversarial_gradient_poisons_g_not_its_logged_value(make_module, monkeypatch):
+    """Under 16-mixed the adversarial terms' gradient to the fake is taken at the GradScaler's scale;
+    when it overflows, G's gradients must be non-finite (so the scaler skips G's step) while g_total's
+    value stays the finite sum of the weighted terms (it is logged)."""
+    module = make_module()
+    inputs = _inputs()
+    torch.manual_seed(SEED)
+    _, g_total, g_parts, _, _ = module.window_losses(*inputs)
+    weights = module._g_weights()
+    expected = sum(weights[n] * v for n, v in g_parts.items() if n in weights)
+    torch.testing.assert_close(g_total, expected, rtol=1e-6, atol=1e-6)  # the value: the terms' sum
+    monkeypatch.setattr(Fundus2VideoModule, "_loss_scale", lambda self: 3e38)  # D's input gradients overflow
+    torch.manual_seed(SEED)
+    _, g_total, g_parts, d_total, _ = module.window_losses(*inputs)
+    assert torch.isfinite(g_total) and torch.isfinite(d_total)
+    torch.testing.assert_close(g_total, sum(weights[n] * v for n, v in g_parts.items() if n in weights),
+                               rtol=1e-6, atol=1e-6)
+    module.zero_grad(set_to_none=True)
+    g_total.backward()
+    assert not all(torch.isfinite(p.grad).all() for p in module.generator.parameters() if p.grad is not None)
+    assert all(p.grad is None for p in module.discriminator.parameters())  # G's loss never reaches D

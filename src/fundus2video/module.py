@@ -63,6 +63,20 @@ class ConstantThenLinear:
         return max(0.0, 1.0 - (step - self.constant) / self.decay)
 
 
+class _ValueWithGradientOf(torch.autograd.Function):
+    """`value` forward; backward, the incoming gradient goes to `value` and to `carrier` alike: the
+    gradient of value + carrier - carrier.detach(), without the carrier's value in the result (an
+    overflowing fp16 gradient makes the carrier inf, and the logged loss must not become nan)."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, grad
+
+
 class Fundus2VideoModule(L.LightningModule):
     """Owns the generator G, the discriminator D, the losses and the optimizers.
 
@@ -258,7 +272,7 @@ class Fundus2VideoModule(L.LightningModule):
             scale = self._loss_scale()  # as the backward will: fp16 gradients through D must not underflow
             (grad,) = torch.autograd.grad(adv * scale, fake_leaf, retain_graph=True)  # D's graph serves D's loss
             link = (fake_in.float() * (grad.float() / scale)).sum()
-            g_total = rest + adv.detach() + (link - link.detach())
+            g_total = _ValueWithGradientOf.apply(rest + adv.detach(), link)
         d_total, d_parts = self._d_losses(pred_real, pred_fake, *real_km, *fake_km)
         return fake, g_total, g_parts, d_total, d_parts
 
