@@ -9,7 +9,8 @@ and the difference; then, in a second pass of the same video under torch.profile
 the memory torch itself allocates during the video above what it held before (activations,
 gradients, temporaries; not the networks or the optimizer state, which exist from the first pass;
 not Python's objects or the allocator's slack). Last, the same torch peak for one window of the
-module against one of `fundus2video.reference.release_window_step` (the release's order of passes).
+module against one of `fundus2video.reference.release_window_step` (the release's order of passes),
+each in its own process.
 
     python benchmarks/memory.py [--frames 6,12,24] [--size 128] [--ngf 16] [--no-torch-peak]
 """
@@ -17,7 +18,6 @@ module against one of `fundus2video.reference.release_window_step` (the release'
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import random
@@ -100,22 +100,26 @@ def child(n_frames: int, size: int, ngf: int, ndf: int, torch_peak: bool) -> dic
     return out
 
 
-def window_peaks(size: int, ngf: int, ndf: int) -> dict[str, float | None]:
-    """Torch's allocation peak (MB) of one training window, the module's against the release's order
-    of passes (`fundus2video.reference`), each on its own copy after a warm-up window."""
+def window_peak(name: str, size: int, ngf: int, ndf: int) -> float | None:
+    """Torch's allocation peak (MB) of one training window of `name`: "ours" (the module) or "release"
+    (`fundus2video.reference`'s order of passes), after a warm-up window. One formulation per process:
+    what the profiler saw allocated and freed in an earlier profile would inflate a later one."""
     with tempfile.TemporaryDirectory() as tmp:
         vgg = write_random_vgg19(Path(tmp) / "vgg19-random.pth")
-        base = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}"], vgg)
-    inputs = window_inputs(size, base.cfg.model.window)
-    out = {}
-    for name, step in (("ours", module_window_step), ("release", release_window_step)):
-        module = copy.deepcopy(base)
-        opt_g, opt_d, _ = standalone_optimizers(module)
-        step(module, *inputs, opt_g, opt_d)  # warm-up: creates the optimizer state
-        module.zero_grad(set_to_none=True)  # frees before profiling go uncounted: drop the gradients now
-        peak = torch_peak_mb(functools.partial(step, module, *inputs, opt_g, opt_d))
-        out[name] = None if peak is None else round(peak, 1)
-    return out
+        module = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}"], vgg)
+    inputs = window_inputs(size, module.cfg.model.window)
+    step = {"ours": module_window_step, "release": release_window_step}[name]
+    opt_g, opt_d, _ = standalone_optimizers(module)
+    step(module, *inputs, opt_g, opt_d)  # warm-up: creates the optimizer state
+    module.zero_grad(set_to_none=True)  # frees before profiling go uncounted: drop the gradients now
+    peak = torch_peak_mb(functools.partial(step, module, *inputs, opt_g, opt_d))
+    return None if peak is None else round(peak, 1)
+
+
+def run_child(args: list[str]) -> dict:
+    """This script with `args` in a fresh process; its last stdout line, parsed."""
+    done = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -126,17 +130,19 @@ def main() -> None:
     parser.add_argument("--ndf", type=int, default=16)
     parser.add_argument("--no-torch-peak", action="store_true", help="skip the profiled pass")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--window-child", choices=["ours", "release"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.child, args.size, args.ngf, args.ndf, not args.no_torch_peak)))
         return
+    if args.window_child is not None:
+        print(json.dumps({"peak_mb": window_peak(args.window_child, args.size, args.ngf, args.ndf)}))
+        return
+    shape = ["--size", str(args.size), "--ngf", str(args.ngf), "--ndf", str(args.ndf)]
     rows = []
     for n in [int(t) for t in args.frames.split(",")]:
         log(f"T = {n} ...")
-        cmd = [sys.executable, __file__, "--child", str(n), "--size", str(args.size), "--ngf", str(args.ngf),
-               "--ndf", str(args.ndf)] + (["--no-torch-peak"] if args.no_torch_peak else [])
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(["--child", str(n), *shape] + (["--no-torch-peak"] if args.no_torch_peak else [])))
         log(f"  {rows[-1]}")
     first, last = rows[0], rows[-1]
     ratio = {"peak_rss": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3),
@@ -147,13 +153,13 @@ def main() -> None:
     windows = None
     if not args.no_torch_peak:
         log("one window, ours against the release's order ...")
-        windows = window_peaks(args.size, args.ngf, args.ndf)
+        windows = {name: run_child(["--window-child", name, *shape])["peak_mb"] for name in ("ours", "release")}
         log(f"  {windows}")
     emit({"machine": machine_info(),
           "settings": {"size": args.size, "ngf": args.ngf, "ndf": args.ndf, "batch": 1, "window": 3,
                        "precision": "fp32", "loss": "full set of experiments/fundus2video.yaml, random-weight VGG19",
                        "step": "Fundus2VideoModule.training_step (every window: forward, G step, D step)",
-                       "process": "one subprocess per T"},
+                       "process": "one subprocess per T, and per formulation for the window peaks"},
           "results": rows, f"ratio_T{last['frames']}_over_T{first['frames']}": ratio,
           "window_torch_alloc_peak_mb": windows})
 

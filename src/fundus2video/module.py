@@ -252,7 +252,8 @@ class Fundus2VideoModule(L.LightningModule):
         no weight gradients), and `g_total` carries them back into G as the linear term
         <fake, dL_adv/dfake>, the chain rule's own step: so `g_total.backward()` gives G the
         gradients of the straightforward formulation (tests/test_reference.py) and never touches
-        D. `g_total`'s value is the sum of the terms."""
+        D. `g_total`'s value is the sum of the terms. (Without autograd, or with G frozen, the
+        terms are plainly summed.)"""
         w = self.cfg.loss
         want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
         kad = w.gan_km > 0  # knowledge-aware D: the same D on inputs multiplied by the mask
@@ -268,8 +269,12 @@ class Fundus2VideoModule(L.LightningModule):
         adv = sum(weights[n] * v for n, v in g_parts.items() if n in adv_names)
         rest = sum(weights[n] * v for n, v in g_parts.items() if n in weights and n not in adv_names)
         g_total = rest + adv
-        if fake_leaf.requires_grad and torch.is_grad_enabled():
-            scale = self._loss_scale()  # as the backward will: fp16 gradients through D must not underflow
+        if not any(weights[n] for n in adv_names):  # no adversarial gradient to carry: G's loss stays off D
+            g_total = rest + adv.detach()
+        elif fake_leaf.requires_grad and torch.is_grad_enabled():
+            # the scale the backward of g_total will use (the scaler updates only after the steps):
+            # fp16 gradients through D must not underflow here either
+            scale = self._loss_scale()
             (grad,) = torch.autograd.grad(adv * scale, fake_leaf, retain_graph=True)  # D's graph serves D's loss
             link = (fake_in.float() * (grad.float() / scale)).sum()
             g_total = _ValueWithGradientOf.apply(rest + adv.detach(), link)
@@ -284,7 +289,8 @@ class Fundus2VideoModule(L.LightningModule):
         self.manual_backward(g_total)
         opt_g.step()
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_total)
+        # D's parameters only: the fake's leaf needs no gradient
+        self.manual_backward(d_total, inputs=list(self.discriminator.parameters()))
         opt_d.step()
         self._step_schedules()
         parts = {**g_parts, **d_parts, "g_total": g_total, "d_total": d_total}

@@ -20,8 +20,9 @@ and `train.py`'s window loop) runs one window as:
      throws away), G step; D zero_grad, backward, D step.
 
 So six discriminator calls, three encoder passes that all keep a graph, and the key projections
-with a graph, where the module runs D once, batched (its output on the fake serving D's loss and G's
-adversarial terms), and encodes the keys without a graph.
+with a graph, where the module runs D once on the real and once on the fake (each batched with
+its masked copy; the fake's output serving D's loss and G's adversarial terms), and encodes the
+keys without a graph.
 
 The mathematics is this project's, not the release's (METHOD.md): the module's networks, loss
 objects and weights; KBA's attention term; the projector trained with G; feature matching
