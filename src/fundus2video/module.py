@@ -246,14 +246,13 @@ class Fundus2VideoModule(L.LightningModule):
 
         D runs once on real and once on fake (each batched with its masked copy when the
         knowledge-aware terms are on): its output on the fake serves D's loss and G's adversarial
-        terms alike. D sees the fake through a
-        detached leaf, so D's loss reaches D alone; G's adversarial terms (GAN, feature matching,
-        GAN_km) are differentiated to that leaf here (`autograd.grad`: D's input gradients only,
-        no weight gradients), and `g_total` carries them back into G as the linear term
-        <fake, dL_adv/dfake>, the chain rule's own step: so `g_total.backward()` gives G the
-        gradients of the straightforward formulation (tests/test_reference.py) and never touches
-        D. `g_total`'s value is the sum of the terms. (Without autograd, or with G frozen, the
-        terms are plainly summed.)"""
+        terms alike. D sees the fake through a detached leaf, so D's loss reaches D alone; G's
+        adversarial terms (GAN, feature matching, GAN_km) are differentiated to that leaf here
+        (`autograd.grad`: D's input gradients only, no weight gradients), and `g_total` carries
+        them back into G as the linear term <fake, dL_adv/dfake>, the chain rule's own step: so
+        `g_total.backward()` gives G the gradients of the straightforward formulation
+        (tests/test_reference.py) and never touches D. `g_total`'s value is the sum of the terms.
+        (Without autograd, or with G frozen, the terms are plainly summed.)"""
         w = self.cfg.loss
         want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
         kad = w.gan_km > 0  # knowledge-aware D: the same D on inputs multiplied by the mask
