@@ -58,22 +58,31 @@ def machine_info() -> dict:
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform()}
 
 
-def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+def synchronize() -> None:
+    """Wait for queued GPU work (CUDA runs asynchronously: a timer must not stop before it ends)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def gpu_info(device: str) -> dict:
+    """The GPU's name and memory when `device` is a CUDA device; {} otherwise."""
+    if not device.startswith("cuda"):
+        return {}
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
+
+
+def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: int = 5, device: str = "cpu") -> float:
     """This machine's matmul rate in GFLOP/s (2 n^3 per n x n product), median of `repeats` after a warm-up."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    a, b = torch.randn(n, n).to(device, dtype), torch.randn(n, n).to(device, dtype)
+    timed(lambda: a @ b)  # warm-up
+    return 2 * n**3 / statistics.median([timed(lambda: a @ b) for _ in range(repeats)]) / 1e9
 
 
 def build_module(size: int, overrides: Sequence[str] = (), vgg_weights: str | Path | None = None,
-                 seed: int = 0) -> Fundus2VideoModule:
-    """The full experiment (experiments/fundus2video.yaml) at `size` with `overrides`, random weights;
-    with `vgg_weights`, the VGG19 term loads from that file (`setup('fit')`)."""
+                 seed: int = 0, device: str = "cpu") -> Fundus2VideoModule:
+    """The full experiment (experiments/fundus2video.yaml) at `size` with `overrides`, random weights,
+    on `device`; with `vgg_weights`, the VGG19 term loads from that file (`setup('fit')`)."""
     extra = [f"data.size={size}", *overrides]
     if vgg_weights is not None:
         extra.append(f"loss.vgg_weights={vgg_weights}")
@@ -82,10 +91,10 @@ def build_module(size: int, overrides: Sequence[str] = (), vgg_weights: str | Pa
     torch.manual_seed(seed)
     module = Fundus2VideoModule(to_plain(load_config(FULL_CONFIG, extra)))
     module.setup("fit")
-    return module
+    return module.to(device)
 
 
-def window_inputs(size: int, window: int = 3, batch: int = 1, seed: int = 0
+def window_inputs(size: int, window: int = 3, batch: int = 1, seed: int = 0, device: str = "cpu"
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random (cf, prev, target, km) for one window: images in [-1, 1], a mask of a few boxes (about a tenth
     of the image; the knowledge-aware terms cost the same whatever the mask)."""
@@ -96,13 +105,15 @@ def window_inputs(size: int, window: int = 3, batch: int = 1, seed: int = 0
     for _ in range(4):
         y, x = torch.randint(0, size * 3 // 4, (2,), generator=g).tolist()
         km[..., y:y + size // 6, x:x + size // 6] = 1
-    return cf, prev, target, km
+    return cf.to(device), prev.to(device), target.to(device), km.to(device)
 
 
 def timed(fn: Callable[[], Any]) -> float:
-    """Wall-clock seconds of one call."""
+    """Wall-clock seconds of one call (GPU work included)."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 

@@ -13,9 +13,11 @@ our window would need for the issue's ratio (over 1: out of reach here). `aten_o
 counts the kernels each order dispatches: a device-independent measure of the per-op overhead that
 dominates small windows on a GPU. A bf16 case whose cost, estimated from an earlier bf16 case's rate, exceeds the
 budget is estimated, not run (CPUs without native bf16 convolve bf16 on a slow fallback path).
+`--device cuda` runs the same comparison on a GPU (its peak measured there too; cuDNN may convolve
+fp32 in TF32, PyTorch's default, so the fraction of the fp32 matmul peak can exceed 1).
 
     python benchmarks/train_window.py [--repeats 3] [--budget 60] [--sizes 128,256]
-        [--precisions fp32,bf16] [--no-profile]
+        [--precisions fp32,bf16] [--no-profile] [--device cuda]
 Environment: BENCH_REPEATS, BENCH_BUDGET (seconds per case and formulation pair).
 """
 
@@ -29,7 +31,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _common import build_module, emit, env_int, log, machine_info, matmul_gflops, median_seconds, timed, window_inputs
+from _common import (
+    build_module,
+    emit,
+    env_int,
+    gpu_info,
+    log,
+    machine_info,
+    matmul_gflops,
+    median_seconds,
+    timed,
+    window_inputs,
+)
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,8 +54,9 @@ TERMS = ["gan", "feat", "vgg", "gv", "nce", "gan_km", "att"]
 TARGETS = {128: 2.0, 256: 1.3}  # issue #8: release / ours at least this, fp32
 
 
-def precision_context(precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+def precision_context(precision: str, device: str) -> contextlib.AbstractContextManager:
+    bf16 = torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return bf16 if precision == "bf16" else contextlib.nullcontext()
 
 
 class OpCounter(TorchDispatchMode):
@@ -92,18 +106,18 @@ def top_ops(fn: Callable[[], object], limit: int = 12) -> list[dict]:
              "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:limit]]
 
 
-def steppers(base, inputs: tuple, precision: str) -> dict[str, Callable[[], None]]:
+def steppers(base, inputs: tuple, precision: str, device: str) -> dict[str, Callable[[], None]]:
     """One window of each formulation, each on its own copy of `base` with its own optimizers."""
     ours, ref = copy.deepcopy(base), copy.deepcopy(base)
     o_g, o_d, o_s = standalone_optimizers(ours)
     r_g, r_d, _ = standalone_optimizers(ref)
 
     def step_ours() -> None:
-        with precision_context(precision):
+        with precision_context(precision, device):
             module_window_step(ours, *inputs, o_g, o_d, o_s)
 
     def step_ref() -> None:
-        with precision_context(precision):
+        with precision_context(precision, device):
             release_window_step(ref, *inputs, r_g, r_d)
 
     return {"ours": step_ours, "release": step_ref}
@@ -156,13 +170,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="128,256")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile of the first fp32 case")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda[:i] to compare both orders on a GPU (where per-op overhead weighs more)")
     args = parser.parse_args()
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: no CUDA device here (torch {torch.__version__})")
     sizes = [int(s) for s in args.sizes.split(",")]
     precisions = args.precisions.split(",")
 
     log("matmul peak ...")
-    peak = {"fp32_matmul_gflops": round(matmul_gflops(2048, torch.float32), 1), "fp32_n": 2048,
-            "bf16_matmul_gflops": round(matmul_gflops(512, torch.bfloat16, 3), 2), "bf16_n": 512}
+    peak = {"fp32_matmul_gflops": round(matmul_gflops(2048, torch.float32, device=device), 1), "fp32_n": 2048,
+            "bf16_matmul_gflops": round(matmul_gflops(512, torch.bfloat16, 3, device=device), 2), "bf16_n": 512}
     log(peak)
     results, profile_ops = [], None
     bf16_rate: float | None = None  # GFLOP/s of the last measured bf16 case, to estimate the next
@@ -170,8 +189,9 @@ def main() -> None:
         vgg = write_random_vgg19(Path(tmp) / "vgg19-random.pth")
         for size in sizes:
             ngf, ndf = CASES.get(size, (16, 16))
-            base = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}"], vgg)
-            inputs = window_inputs(size, base.cfg.model.window)
+            base = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}"], vgg,
+                                device=device)
+            inputs = window_inputs(size, base.cfg.model.window, device=device)
             flops: dict[str, int] = {}
             forward_flops = forward_gflop_by_network(base, inputs)
             for precision in precisions:
@@ -186,7 +206,7 @@ def main() -> None:
                                     "note": "FLOPs / the smaller bf16 case's rate; optimistic: the bf16 fallback "
                                             "slows down further with size"})
                     continue
-                steps = steppers(base, inputs, precision)
+                steps = steppers(base, inputs, precision, device)
                 row.update(measure(steps, flops, precision == "fp32" or not flops, args.repeats, args.budget,
                                    peak["fp32_matmul_gflops"]))
                 if precision == "fp32":
@@ -198,7 +218,7 @@ def main() -> None:
                 if profile_ops is None and precision == "fp32" and not args.no_profile:
                     log("  profile of our window")
                     profile_ops = {"size": size, "precision": precision, "top_self_cpu": top_ops(steps["ours"])}
-    emit({"machine": machine_info(), "peak": peak,
+    emit({"machine": {**machine_info(), "device": device, **gpu_info(device)}, "peak": peak,
           "settings": {"batch": 1, "window": 3, "loss_terms": TERMS, "kba": "bottleneck",
                        "generator": "global, 4 downsamplings, 9 residual blocks", "discriminator": "2 scales, 3 layers",
                        "vgg": "random-weight VGG19 (torchvision layout): the cost of the ImageNet one, not its values",
