@@ -11,8 +11,9 @@ in the same run; `ratio_bound_at_fp32_peak` is the largest release / ours ratio 
 (the release's measured time over our FLOPs at that peak), and `target` the fraction of that peak
 our window would need for the issue's ratio (over 1: out of reach here). `aten_ops_per_window`
 counts the kernels each order dispatches: a device-independent measure of the per-op overhead that
-dominates small windows on a GPU. A bf16 case whose cost, estimated from an earlier bf16 case's rate, exceeds the
-budget is estimated, not run (CPUs without native bf16 convolve bf16 on a slow fallback path).
+dominates small windows on a GPU. A bf16 case whose cost, estimated from an earlier bf16 case's
+rate, exceeds the budget is estimated, not run (CPUs without native bf16 convolve bf16 on a slow
+fallback path).
 `--device cuda` runs the same comparison on a GPU (its peak measured there too; cuDNN may convolve
 fp32 in TF32, PyTorch's default, so the fraction of the fp32 matmul peak can exceed 1).
 
