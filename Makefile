@@ -10,7 +10,7 @@ RESUME ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train config demo-data data-check ablation sweep bench test lint clean
+.PHONY: help install train config demo-data data-check study study-report sweep bench test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,8 +37,12 @@ demo-data: install ## write the phantom to demo_data/ as case folders (mp4 and p
 data-check: install ## read every case of DATA (a folder or manifest CSV) and list bad ones: make data-check DATA=...
 	@$(PY) -m fundus2video data check $(DATA) $(ARGS)
 
-ablation: install ## train the method, the baseline and the ablations on the phantom; runs/ablation/ablation.md
-	$(PY) -m fundus2video ablation --out runs/ablation $(ARGS)
+JOBS ?= 2
+study: install ## the phantom study: every variant x 3 seeds, resumable (results/phantom_study/): make study [JOBS=2] [ARGS=...]
+	$(PY) -m fundus2video study phantom --jobs $(JOBS) --readme README.md $(ARGS)
+
+study-report: install ## rebuild the study's table, plots and README block from results/phantom_study/ alone
+	$(PY) -m fundus2video study phantom --report-only --readme README.md
 
 sweep: install ## wandb sweep (creates it, starts an agent): make sweep SWEEP=smoke [COUNT=N] [LOCAL=1] [ARGS=...]
 	@$(PY) -m fundus2video sweep $(SWEEP) $(if $(LOCAL),--local) $(if $(COUNT),--count $(COUNT)) $(ARGS)

@@ -47,6 +47,7 @@ class CaseRecord:
     video: Path | None = None  # folders layout with ffa.mp4: frames are chosen when loading
     times: list[float] | None = None  # per video frame (cases.csv), if known
     lesion: Path | None = None
+    regions: dict[str, Path] = field(default_factory=dict)  # lesion_<kind>.png, vessels.png (scoring only)
     problem: str = ""  # a problem found while listing the case (e.g. conflicting manifest rows)
 
 
@@ -60,6 +61,7 @@ class RawCase:
     phases: list[str]
     lesion: np.ndarray | None = None
     frame_names: list[str] = field(default_factory=list)
+    regions: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (H, W) bool, for scoring
 
 
 # ------------------------------------------------------------------ reading pixels
@@ -167,7 +169,8 @@ def folder_records(root: str | Path) -> list[CaseRecord]:
                   case_dir / "cf.png")
         rec = CaseRecord(case_id=case_dir.name, patient_id=info.get("patient_id", case_dir.name),
                          eye=info.get("eye", ""), cf=cf, times=info.get("times"),
-                         lesion=case_dir / "lesion.png" if (case_dir / "lesion.png").is_file() else None)
+                         lesion=case_dir / "lesion.png" if (case_dir / "lesion.png").is_file() else None,
+                         regions=region_files(case_dir))
         if (case_dir / "ffa").is_dir():
             names = sorted((p for p in (case_dir / "ffa").iterdir() if p.suffix.lower() in IMAGE_EXTS),
                            key=lambda p: _natural_key(p.name))
@@ -262,13 +265,26 @@ def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
         times, phases = [f.time for f in chosen], [f.phase or "" for f in chosen]
         names = [f.path.name for f in chosen]
     frames = _match_size(cf, frames, rec)
-    lesion = None
-    if rec.lesion is not None:
-        lesion = read_frame(rec.lesion)
-        if lesion.shape != cf.shape[:2]:
-            lesion = cv2.resize(lesion, cf.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        lesion = lesion > 127
-    return RawCase(cf, frames, np.asarray(times, np.float32), phases, lesion, names)
+    lesion = _read_mask(rec.lesion, cf) if rec.lesion is not None else None
+    regions = {name: _read_mask(path, cf) for name, path in rec.regions.items()}
+    return RawCase(cf, frames, np.asarray(times, np.float32), phases, lesion, names, regions)
+
+
+def region_files(case_dir: Path) -> dict[str, Path]:
+    """Optional annotations used only for scoring: `lesion_<kind>.png` (one mask per lesion kind,
+    e.g. lesion_leakage.png) and `vessels.png`."""
+    found = {p.stem[len("lesion_"):]: p for p in sorted(case_dir.glob("lesion_*.png")) if len(p.stem) > 7}
+    if (case_dir / "vessels.png").is_file():
+        found["vessels"] = case_dir / "vessels.png"
+    return found
+
+
+def _read_mask(path: Path, cf: np.ndarray) -> np.ndarray:
+    """A mask image at the CF's size, as bool (> 127)."""
+    mask = read_frame(path)
+    if mask.shape != cf.shape[:2]:
+        mask = cv2.resize(mask, cf.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    return mask > 127
 
 
 def _match_size(cf: np.ndarray, frames: np.ndarray, rec: CaseRecord) -> np.ndarray:

@@ -9,6 +9,8 @@ last frame -> tensors. Every dataset returns the same sample dict (DESIGN.md's b
   lesion (1, S, S) lesion mask {0, 1} (all zeros when unknown) | times (T,) seconds
   phases (T,) phase names ("" when unknown)
   case_id, patient_id (str)
+  regions {name: (1, S, S) {0, 1}}: only when the dataset's `with_regions` is set (for scoring):
+          one mask per lesion kind and `vessels`, where the data has them
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class _CaseDataset(Dataset):
     def __init__(self, size: int, train: bool, transform: PairedTransform,
                  km_threshold: float = KM_THRESHOLD):
         self.size, self.train, self.transform, self.km_threshold = size, train, transform, km_threshold
+        self.with_regions = False  # scoring sets it; training samples stay collatable and lean
 
     def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         raise NotImplementedError
@@ -68,11 +71,17 @@ class _CaseDataset(Dataset):
             rng = np.random.default_rng(seed)
         raw, case_id, patient_id = self.raw(i, rng)
         masks = {"lesion": raw.lesion} if raw.lesion is not None else {}
+        if self.with_regions:
+            masks.update({f"region:{name}": m for name, m in raw.regions.items()})
         crop = crop_to_roi(raw.cf, raw.frames, masks)
         cf, frames, out = self.transform(crop["cf"], crop["frames"],
                                          {k: v for k, v in crop.items() if k not in ("cf", "frames")})
-        return to_sample(cf, frames, out["roi"], out.get("lesion"), raw.times, case_id, patient_id,
-                         self.km_threshold, raw.phases)
+        sample = to_sample(cf, frames, out["roi"], out.get("lesion"), raw.times, case_id, patient_id,
+                           self.km_threshold, raw.phases)
+        if self.with_regions:
+            sample["regions"] = {k.split(":", 1)[1]: torch.from_numpy(np.ascontiguousarray(m)).float()[None]
+                                 for k, m in out.items() if k.startswith("region:")}
+        return sample
 
 
 class PhantomVideoDataset(_CaseDataset):
@@ -96,7 +105,9 @@ class PhantomVideoDataset(_CaseDataset):
         if i not in self._cache:
             c = make_case(SPLIT_OFFSET[self.split] + i, size=self.render_size, n_frames=self.n_frames,
                           seed=self.seed)
-            self._cache[i] = (RawCase(c.cf, c.frames, c.times, c.phases, c.lesion), c.case_id, c.patient_id)
+            regions = {**c.lesion_kinds, "vessels": c.vessels}
+            self._cache[i] = (RawCase(c.cf, c.frames, c.times, c.phases, c.lesion, regions=regions),
+                              c.case_id, c.patient_id)
         return self._cache[i]
 
     def windows_per_video(self) -> float:

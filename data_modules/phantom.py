@@ -67,6 +67,7 @@ class PhantomCase:
     fov: np.ndarray  # (H, W) bool camera field of view
     lesion: np.ndarray  # (H, W) bool union of the dynamic lesions
     lesion_kinds: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (H, W) bool
+    vessels: np.ndarray | None = None  # (H, W) bool: the larger vessels (coverage > 1/2)
 
 
 def phase_of(t: float) -> str:
@@ -124,15 +125,18 @@ def make_case(index: int, size: int = 256, n_frames: int = 12, seed: int = 0,
     masks = {k: layers.masks[k] for k in LESION_KINDS}
     lesion = np.logical_or.reduce([masks[k] for k in DYNAMIC_KINDS])
     fov = layers.fov
+    vessels = np.maximum(layers.art, layers.vein) > 0.5
     if eye == "OS":  # mirror image of a right eye: the disc moves to the left
         cf, frames, fov, lesion = cf[:, ::-1], frames[:, :, ::-1], fov[:, ::-1], lesion[:, ::-1]
+        vessels = vessels[:, ::-1]
         masks = {k: m[:, ::-1] for k, m in masks.items()}
     contiguous = np.ascontiguousarray
     return PhantomCase(
         case_id=f"phantom{index:04d}", patient_id=f"P{index // 2:04d}", eye=eye,
         cf=contiguous(cf), frames=contiguous(frames), times=times,
         phases=[phase_of(float(t)) for t in times], fov=contiguous(fov),
-        lesion=contiguous(lesion), lesion_kinds={k: contiguous(m) for k, m in masks.items()})
+        lesion=contiguous(lesion), lesion_kinds={k: contiguous(m) for k, m in masks.items()},
+        vessels=contiguous(vessels))
 
 
 # --------------------------------------------------------------------------------------------

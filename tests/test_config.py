@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from fundus2video.config import ConfigError, from_plain, load_config, to_plain
 
 # experiments (sweep files are wandb sweep configurations, validated in test_sweep.py)
-EXPERIMENTS = sorted(p for p in Path("experiments").rglob("*.yaml") if "sweeps" not in p.parts)
+EXPERIMENTS = sorted(p for p in Path("experiments").rglob("*.yaml") if not {"sweeps", "studies"} & set(p.parts))
 
 
 def test_there_are_experiments():

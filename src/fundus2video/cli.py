@@ -101,13 +101,35 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ablation(args: argparse.Namespace) -> int:
-    from fundus2video.ablation import run_ablation
+STUDY_OPTIONS = ("--variants", "--seeds", "--jobs", "--out", "--results", "--readme")
 
-    out = run_ablation(args.out, args.variants or None, args.overrides, evaluate_only=args.evaluate_only)
-    print((out / "ablation.md").read_text())
-    print(f"table: {out / 'ablation.md'}, {out / 'ablation.csv'}; picture: {out / 'ablation.png'}")
-    return 0
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from fundus2video.study import main_study
+
+    rest = list(args.overrides)
+    if args.spec and "=" in args.spec:  # no spec named: the first word is already an override
+        rest, args.spec = [args.spec, *rest], None
+    for option in STUDY_OPTIONS:  # options may also come after the overrides
+        value, rest = _take_option(rest, option)
+        if value is not None:
+            setattr(args, option[2:].replace("-", "_"), value)
+    flags, rest = _split_flags(rest, {"--report-only", "--dry-run", "--"})
+    args.report_only = args.report_only or "--report-only" in flags
+    args.dry_run = args.dry_run or "--dry-run" in flags
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        raise ConfigError(f"study: '{bad[0]}' is neither an option nor a key=value override "
+                          f"(options: {', '.join(STUDY_OPTIONS)}, --report-only, --dry-run)")
+    variants = [v for v in str(args.variants).split(",") if v] if args.variants else None
+    try:
+        seeds = [int(s) for s in str(args.seeds).split(",") if s] if args.seeds else None
+        jobs = int(args.jobs)
+    except ValueError:
+        raise ConfigError(f"--seeds / --jobs: expected integers (e.g. --seeds 0,1,2 --jobs 2), found "
+                          f"{args.seeds!r} / {args.jobs!r}") from None
+    return main_study(args.spec or "phantom", variants, seeds, rest, args.out, args.results, jobs, args.dry_run,
+                      args.report_only, args.readme)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -212,12 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
                      "leaves the cores or GPU idle)")
     gen.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast (slow on CPUs "
                      "without bf16 instructions)")
-    abl = sub.add_parser("ablation", help="train the method, the baseline and the ablations; table of scores")
-    abl.add_argument("--out", default="runs/ablation", help="output folder")
-    abl.add_argument("--variants", nargs="*", help="experiments to run (default: all seven)")
-    abl.add_argument("--evaluate-only", action="store_true",
-                     help="re-evaluate the variants already trained in --out instead of training")
-    abl.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
+    st = sub.add_parser("study", aliases=["ablation"],
+                        help="variants x seeds on the phantom: resumable units, table with bootstrap intervals",
+                        description="Train and score every (variant, seed) unit of a study spec "
+                        "(experiments/studies/NAME.yaml) that is not finished; rebuild the report. Overrides "
+                        "(key=value, also after --) apply over the spec's budget.")
+    st.add_argument("spec", nargs="?", help="experiments/studies/NAME.yaml or NAME (default: phantom)")
+    st.add_argument("--variants", help="comma-separated experiments (default: the spec's)")
+    st.add_argument("--seeds", help="comma-separated seeds (default: the spec's)")
+    st.add_argument("--jobs", default="1", help="units run at once, each with cores / jobs threads")
+    st.add_argument("--out", default="runs/study", help="where the units' runs and checkpoints go")
+    st.add_argument("--results", help="where the unit result files and the report go (default: "
+                    "results/<spec>_study)")
+    st.add_argument("--report-only", action="store_true", help="rebuild the report from the result files only")
+    st.add_argument("--readme", help="also replace this README's study block with the report")
+    st.add_argument("--dry-run", action="store_true", help="list the units and their state; train nothing")
+    st.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
     ev = sub.add_parser("evaluate", help="score a checkpoint on a split (metrics.json, per_case.csv, picture)")
     ev.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt)")
     ev.add_argument("--data", help="phantom, a folder of case folders or a manifest CSV (default: the "
@@ -243,12 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
                 "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
-                "ablation": cmd_ablation, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep,
+                "study": cmd_study, "ablation": cmd_study, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep,
                 "evaluate": cmd_evaluate, "export": export_cli.cmd_export}
     try:
         if hasattr(args, "overrides"):
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
-            args.dry_run = "--dry-run" in flags
+            args.dry_run = getattr(args, "dry_run", False) or "--dry-run" in flags
             args.resume, args.overrides = _take_option(args.overrides, "--resume")
         return commands[command](args)
     except UserError as err:  # configuration and data problems: the message says it all

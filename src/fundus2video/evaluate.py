@@ -8,12 +8,17 @@ Two protocols (METHOD.md, "Evaluation"), chosen with `--protocol` (default: both
             (needs `--i3d`).
   paper     the release's formulas exactly: [-1, 1] tensors into [0, 1] code (PSNR 6.02 dB lower),
             its SSIM, and FVD per single video over clip lengths 10..T, averaged.
+  kinetics  with either protocol, where the cases carry lesion annotations (the phantom, or
+            `lesion.png` / `lesion_<kind>.png` / `vessels.png` in the case folders): per lesion
+            kind the mean-intensity curve, real against generated, and its error; lesion_rise and
+            its ratio to the real one; false brightening; time_corr (metrics/kinetics.py).
 A metric whose weights file is not given or not found is skipped, with a warning and a line in
 `metrics.json` under "skipped"; the rest still run.
 
 Writes into `--out` (default: `<run dir>/eval/<split>-<data>`): `metrics.json` (aggregates with
 every setting), `per_case.csv`, `per_phase.csv` (when the frames' phases are known) and
-`contact_sheet.png` (CF, real and generated frames of the first cases).
+`contact_sheet.png` (CF, real and generated frames of the first cases) and, with lesion
+annotations, `kinetics.png` (the per-kind curves).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import UserError
 from fundus2video.generate import load_module
+from fundus2video.knowledge import KM_THRESHOLD
+from fundus2video.metrics.kinetics import LesionKinetics, kinetics_plot
 from fundus2video.metrics.image import (
     PaperPSNR,
     PaperSSIM,
@@ -78,6 +85,8 @@ def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, sp
         log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
     dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1)
     dm.setup()
+    for dataset in dm.datasets.values():
+        dataset.with_regions = True  # per-kind lesion and vessel masks, where the data has them
     if split == "all":
         return [s for name in ("train", "val", "test") for s in dm.datasets[name]]
     if split not in dm.datasets:
@@ -91,8 +100,8 @@ class Scores:
     """The metrics of the chosen protocols, aggregate and per case (one fresh set per case, merged
     into the aggregate, so nothing is computed twice)."""
 
-    def __init__(self, protocol: str, size: int, i3d: str | None, lpips: str | None, lpips_net: str,
-                 i3d_size: int = 224):
+    def __init__(self, protocol: str, size: int, i3d: str | None = None, lpips: str | None = None,
+                 lpips_net: str = "vgg", i3d_size: int = 224, km_threshold: float = KM_THRESHOLD):
         self.standard = protocol in ("standard", "both")
         self.paper = protocol in ("paper", "both")
         self.skipped: dict[str, str] = {}
@@ -110,6 +119,7 @@ class Scores:
         self.aggregate = self.make()
         self.phases: dict[str, tuple[VideoPSNR, VideoSSIM]] = {}
         self.n_videos = 0
+        self.kinetics = LesionKinetics(km_threshold)
         self.fvd = None
         if self.standard and self.i3d is not None:
             from fundus2video.metrics.fvd import FrechetVideoDistance
@@ -166,6 +176,8 @@ class Scores:
         if self.fvd is not None:
             self.fvd.update(fake01, real01)
             self.n_videos += 1
+        if LesionKinetics.applies(sample):
+            values.update(self.kinetics.update(fake01, real01, sample))
         for phase in dict.fromkeys(sample["phases"]) if self.standard and any(sample["phases"]) else ():
             idx = [i for i, p in enumerate(sample["phases"]) if p == phase]
             pair = self.phases.setdefault(phase, (VideoPSNR(), VideoSSIM()))
@@ -190,6 +202,8 @@ class Scores:
                 self.skipped["fvd"] = "set-level FVD needs at least 2 videos"
         if "paper_fvd" in self.aggregate:
             self.settings["paper_fvd"] = self.aggregate["paper_fvd"].settings()
+        if self.kinetics.rows:
+            out.update(self.kinetics.compute())
         for name in ("psnr_lesion", "ssim_lesion", "psnr_km", "ssim_km"):
             metric = self.aggregate.get(name)
             if metric is not None:
@@ -211,6 +225,26 @@ def contact_sheet(cases: list[dict], n_columns: int = 6) -> np.ndarray:
     return np.vstack(blocks)
 
 
+def score_samples(module: Fundus2VideoModule, samples: list, scores: Scores, device: str = "cpu",
+                  bf16: bool = False, sheet_cases: int = 0, desc: str = "scoring",
+                  progress: bool = True) -> tuple[list, list]:
+    """Roll out every sample and score it into `scores`; returns the per-case rows and the first
+    `sheet_cases` cases' frames for the contact sheet."""
+    case_rows, sheet = [], []
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+    for sample in tqdm(samples, desc=desc, unit="case", disable=not progress):
+        with torch.inference_mode(), autocast:
+            fake = module(sample["cf"][None].to(device), sample["frames"].shape[0]).float().cpu()
+        fake01, real01 = (fake.clamp(-1, 1) + 1) / 2, (sample["frames"][None] + 1) / 2
+        values = scores.case(fake01, real01, sample)
+        case_rows.append({"case_id": sample["case_id"], "patient_id": sample["patient_id"],
+                          "frames": real01.shape[1], **{k: _fmt(v) for k, v in values.items()}})
+        if len(sheet) < sheet_cases:
+            sheet.append({"case_id": sample["case_id"], "cf": sample["cf"], "real": sample["frames"],
+                          "fake": fake[0]})
+    return case_rows, sheet
+
+
 def _fmt(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 5)
 
@@ -227,20 +261,9 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     module = load_module(ckpt, device)
     samples = evaluation_data(module, ckpt, data, split)
     size = module.cfg.data.size
-    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size)
+    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold)
     out = Path(out) if out else ckpt.parent.parent / "eval" / f"{split}-{Path(data).stem if data else 'own'}"
-    case_rows, sheet = [], []
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
-    for sample in tqdm(samples, desc=f"evaluating {split}", unit="case"):
-        with torch.inference_mode(), autocast:
-            fake = module(sample["cf"][None].to(device), sample["frames"].shape[0]).float().cpu()
-        fake01, real01 = (fake.clamp(-1, 1) + 1) / 2, (sample["frames"][None] + 1) / 2
-        values = scores.case(fake01, real01, sample)
-        case_rows.append({"case_id": sample["case_id"], "patient_id": sample["patient_id"],
-                          "frames": real01.shape[1], **{k: _fmt(v) for k, v in values.items()}})
-        if len(sheet) < sheet_cases:
-            sheet.append({"case_id": sample["case_id"], "cf": sample["cf"], "real": sample["frames"],
-                          "fake": fake[0]})
+    case_rows, sheet = score_samples(module, samples, scores, device, bf16, sheet_cases, desc=f"evaluating {split}")
     results = scores.results()
     report = {
         "checkpoint": str(ckpt.resolve()), "data": data or f"checkpoint's own ({module.cfg.data.source})",
@@ -254,7 +277,7 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     with atomic_path(out / "per_case.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(case_rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in case_rows for k in row)))
         writer.writeheader()
         writer.writerows(case_rows)
     phases = scores.per_phase()
@@ -264,4 +287,7 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
             writer.writeheader()
             writer.writerows(phases)
     write_png(out / "contact_sheet.png", contact_sheet(sheet))
+    curves = scores.kinetics.curves()
+    if curves:
+        kinetics_plot(curves, out / "kinetics.png", f"{split} split, {len(samples)} cases: real vs generated")
     return out

@@ -229,9 +229,10 @@ class Interrupted(Exception):
         self.run_dir, self.checkpoint = run_dir, checkpoint
 
 
-def train(cfg: DictConfig, resume: str | Path | None = None) -> Path:
+def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: list | None = None) -> Path:
     """Train the experiment `cfg`; returns its run directory. `resume`: a checkpoint to continue
-    from exactly (weights, optimizers, schedules, step counters, data order), in a new run directory."""
+    from exactly (weights, optimizers, schedules, step counters, data order), in a new run directory.
+    `extra_callbacks` run before the checkpointing ones (e.g. the study's learning curve)."""
     check_resources(cfg)
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -246,7 +247,12 @@ def train(cfg: DictConfig, resume: str | Path | None = None) -> Path:
     datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before any logger
     resumable = ResumableCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_batches)
     callbacks = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+        *(extra_callbacks or []),
+        # the newest state as last.ckpt after every epoch, always under that one name (Lightning's
+        # save_last with save_top_k=0 writes only at the very end, and versions the name to last-v1.ckpt
+        # when the mid-epoch checkpoint below already wrote last.ckpt)
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1, save_last=False,
+                        every_n_epochs=1, enable_version_counter=False),
         resumable,
         KnowledgeMaskLogger(run_dir, cfg.logging.n_samples),
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),

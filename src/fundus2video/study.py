@@ -1,0 +1,374 @@
+"""`fundus2video study`: variants x seeds at one budget, each (variant, seed) a resumable unit.
+
+A study spec (`experiments/studies/NAME.yaml`) lists the variants (experiment files), the seeds
+and a `budget` merged over every variant. Each unit lives in `<out>/<variant>/seed<k>/`:
+  run/<stamp>/...      the training run (checkpoints, samples; never under version control)
+  curve.json           the validation cases' scores after every epoch (learning curve)
+  eval/                `fundus2video evaluate` on the test split (metrics.json, per_case.csv,
+                       contact_sheet.png, kinetics.png)
+and, once finished, its scores go to `<results>/<variant>/seed<k>.json` (small; meant to be
+committed), which is what makes a unit finished: run again, the study skips it. An interrupted
+unit resumes from its newest checkpoint (the epoch-end checkpoint, exact resume). `--jobs N`
+runs N units at once with cores / N threads each. The report (`study.md`, `study.csv`,
+`study.png`, `curves.png` in `<results>/`) is rebuilt from whatever unit files exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+import lightning as L
+from omegaconf import OmegaConf
+
+from fundus2video.errors import ConfigError, UserError
+from fundus2video.video_io import atomic_path
+
+log = logging.getLogger("fundus2video")
+
+# the scores a unit keeps per test case (the report's bootstrap resamples them)
+CASE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "psnr_km", "curve_mae", "lesion_rise",
+             "real_lesion_rise", "false_bright", "time_corr")
+# the scores of the learning curve (validation cases, after every epoch)
+CURVE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "real_lesion_rise",
+              "lesion_rise_ratio", "false_bright", "time_corr")
+
+
+@dataclass
+class StudySpec:
+    name: str
+    variants: list[str]
+    seeds: list[int]
+    budget: dict
+    reference: str = "fundus2video"
+    baseline: str = "pix2pixhd"
+    overrides: list[str] = field(default_factory=list)
+
+    def budget_overrides(self) -> list[str]:
+        """The budget as `key=value` overrides (applied over each variant's experiment file)."""
+        return [*_dotlist(self.budget), *self.overrides]
+
+    def budget_id(self) -> str:
+        """A short hash of everything that defines a unit's training apart from variant and seed."""
+        return hashlib.sha256(json.dumps(self.budget_overrides(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _dotlist(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out += _dotlist(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def short_name(variant: str) -> str:
+    return Path(variant).name
+
+
+def resolve_study(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"study spec not found: {path}")
+        return path
+    path = Path("experiments/studies") / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(f"study not found: {path}" + (f" (available: {', '.join(known)})" if known else ""))
+    return path
+
+
+def load_study(name: str, variants: list[str] | None = None, seeds: list[int] | None = None,
+               overrides: list[str] | None = None) -> StudySpec:
+    """The spec file, with the command line's variants, seeds and overrides; checked before anything runs."""
+    path = resolve_study(name)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # yaml errors come in many types
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with variants, seeds and budget, found {type(raw).__name__}")
+    unknown = set(raw) - {"variants", "seeds", "budget", "reference", "baseline"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (expected variants, seeds, budget, reference, "
+                          "baseline)")
+    spec = StudySpec(name=path.stem, variants=list(variants or raw.get("variants") or []),
+                     seeds=list(seeds if seeds is not None else raw.get("seeds") or [0]),
+                     budget=raw.get("budget") or {}, reference=raw.get("reference", "fundus2video"),
+                     baseline=raw.get("baseline", "pix2pixhd"), overrides=list(overrides or []))
+    if not spec.variants:
+        raise ConfigError(f"{path}: no variants")
+    if not all(isinstance(s, int) and s >= 0 for s in spec.seeds):
+        raise ConfigError(f"seeds: expected non-negative integers, found {spec.seeds}")
+    for variant in spec.variants:
+        unit_config(spec, variant, spec.seeds[0], Path("runs/study-check"))  # every variant resolves
+    return spec
+
+
+def unit_config(spec: StudySpec, variant: str, seed: int, unit_dir: Path):
+    from fundus2video.cli import resolve_experiment
+    from fundus2video.config import load_config
+
+    try:
+        path = resolve_experiment(variant)
+    except UserError as err:
+        raise ConfigError(f"--variants: {err}") from None
+    return load_config(path, [*spec.budget_overrides(), f"seed={seed}", "name=run", f"logging.root={unit_dir}"])
+
+
+@dataclass
+class Unit:
+    variant: str
+    seed: int
+    unit_dir: Path
+    result: Path
+
+    @property
+    def label(self) -> str:
+        return f"{short_name(self.variant)}/seed{self.seed}"
+
+
+def units(spec: StudySpec, out: Path, results: Path) -> list[Unit]:
+    """Seed-major order: a study stopped early still has every variant at the first seeds."""
+    return [Unit(v, s, out / short_name(v) / f"seed{s}", results / short_name(v) / f"seed{s}.json")
+            for s in spec.seeds for v in spec.variants]
+
+
+def unit_state(unit: Unit, spec: StudySpec) -> str:
+    """finished | partial (a checkpoint exists) | new. A result from another budget is an error."""
+    if unit.result.is_file():
+        try:
+            saved = json.loads(unit.result.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"{unit.result}: unreadable unit result ({err}); delete it to rerun the unit") from None
+        if saved.get("budget_id") != spec.budget_id():
+            raise UserError(f"{unit.result}: finished at another budget ({saved.get('budget_id')}, this study's is "
+                            f"{spec.budget_id()}); use another --results folder or delete the file")
+        return "finished"
+    return "partial" if newest_checkpoint(unit.unit_dir) else "new"
+
+
+def newest_checkpoint(unit_dir: Path) -> Path | None:
+    # run directories only, not the `latest` link (which a resumed run moves before it has a checkpoint)
+    ckpts = [p.resolve() for p in (unit_dir / "run").glob("*/checkpoints/last.ckpt")
+             if p.is_file() and not p.parent.parent.is_symlink()]
+    return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
+
+
+# ------------------------------------------------------------------ learning curve
+class LearningCurve(L.Callback):
+    """After every training epoch: the validation cases scored as `evaluate` scores them, one row
+    per epoch in `path` (rows of epochs not yet checkpointed are rewritten on resume). Runs before
+    the epoch's checkpoint, so a kill in between only repeats the epoch."""
+
+    def __init__(self, path: Path, split: str = "val"):
+        self.path, self.split = Path(path), split
+        self.rows = json.loads(self.path.read_text()) if self.path.is_file() else []
+        self.samples: list | None = None
+        self.started = time.perf_counter()
+        self.offset = 0.0
+        self.scoring_s = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        done = trainer.current_epoch  # epochs the resumed checkpoint already holds
+        self.rows = [r for r in self.rows if r["epoch"] <= done]
+        self.offset = self.rows[-1]["train_s"] if self.rows else 0.0
+        self.started, self.scoring_s = time.perf_counter(), 0.0
+        dataset = trainer.datamodule.datasets[self.split]
+        dataset.with_regions = True
+        try:
+            self.samples = [dataset[i] for i in range(len(dataset))]
+        finally:
+            dataset.with_regions = False
+        if done and not any(r["epoch"] == done for r in self.rows):
+            # killed after the epoch's checkpoint but before its row: the weights are that epoch's
+            self._record(pl_module, done, self.offset)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        start = time.perf_counter()
+        self._record(pl_module, trainer.current_epoch + 1, self.offset + (start - self.started) - self.scoring_s)
+        self.scoring_s += time.perf_counter() - start
+
+    def _record(self, pl_module, epoch: int, train_s: float) -> None:
+        from fundus2video.evaluate import Scores, score_samples
+
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            scores = Scores("standard", pl_module.cfg.data.size, km_threshold=pl_module.cfg.data.km_threshold)
+            score_samples(pl_module, self.samples, scores, progress=False)
+            results = scores.results()
+        finally:
+            pl_module.train(was_training)
+        row = {"epoch": epoch, "videos": int(pl_module.video_step), "train_s": round(train_s, 1),
+               **{k: _round(results.get(k)) for k in CURVE_KEYS}}
+        self.rows = sorted([r for r in self.rows if r["epoch"] != epoch] + [row], key=lambda r: r["epoch"])
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
+
+
+def _round(x, digits: int = 5):
+    return None if x is None or x != x else round(float(x), digits)
+
+
+# ------------------------------------------------------------------ one unit (in its own process)
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
+    """Train (or resume) one unit, score its test split, write its result file. Returns a summary;
+    never raises (the study goes on with the other units)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    unit.unit_dir.mkdir(parents=True, exist_ok=True)
+    with open(unit.unit_dir / "log.txt", "a") as logfile, _redirected(logfile):
+        try:
+            return _run_unit(spec, unit, threads)
+        except Exception as err:  # reported by the study, which carries on with the other units
+            traceback.print_exc()
+            return {"unit": unit.label, "error": f"{type(err).__name__}: {err} (see {unit.unit_dir / 'log.txt'})"}
+
+
+@contextlib.contextmanager
+def _redirected(logfile):
+    """Everything the unit prints (Python, Lightning's handlers, C++) goes to its log file, at the
+    file-descriptor level, so N units at once do not interleave on the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(logfile.fileno(), 1)
+    os.dup2(logfile.fileno(), 2)
+    handler = logging.StreamHandler(logfile)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.getLogger().removeHandler(handler)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
+    from fundus2video.evaluate import evaluate
+    from fundus2video.train import Interrupted, train
+
+    print(f"== {datetime.now().isoformat(timespec='seconds')} {unit.label}, {threads} thread(s)", flush=True)
+    cfg = unit_config(spec, unit.variant, unit.seed, unit.unit_dir)
+    resume = newest_checkpoint(unit.unit_dir)
+    curve = LearningCurve(unit.unit_dir / "curve.json")
+    try:
+        run_dir = train(cfg, resume=resume, extra_callbacks=[curve])
+    except Interrupted as err:
+        return {"unit": unit.label, "error": f"interrupted; resumes from {err.checkpoint}"}
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        ckpt = newest_checkpoint(unit.unit_dir)
+    out = evaluate(ckpt, split="test", protocol="standard", out=unit.unit_dir / "eval", sheet_cases=2)
+    report = json.loads((out / "metrics.json").read_text())
+    with open(out / "per_case.csv", newline="") as f:
+        import csv
+
+        per_case = [{"case_id": r["case_id"], **{k: _round(float(r[k])) if r.get(k) not in (None, "") else None
+                                                 for k in CASE_KEYS}} for r in csv.DictReader(f)]
+    rows = curve.rows
+    result = {
+        "study": spec.name, "variant": short_name(unit.variant), "experiment": unit.variant, "seed": unit.seed,
+        "budget_id": spec.budget_id(), "budget": spec.budget_overrides(),
+        "train_s": rows[-1]["train_s"] if rows else None, "videos": rows[-1]["videos"] if rows else None,
+        "threads": threads, "git_commit": _git_commit(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": report["metrics"], "per_case": per_case, "curve": rows,
+    }
+    with atomic_path(unit.result) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    return {"unit": unit.label, "result": str(unit.result), "train_s": result["train_s"]}
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+# ------------------------------------------------------------------ the study
+def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run: bool = False,
+              report: bool = True) -> list[dict]:
+    """Run every unit that is not finished (`jobs` at a time), then rebuild the report."""
+    from tqdm import tqdm
+
+    from fundus2video.study_report import build_report
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive number, found {jobs}")
+    todo = [(u, unit_state(u, spec)) for u in units(spec, out, results)]
+    pending = [u for u, state in todo if state != "finished"]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    for u, state in todo:
+        print(f"  {u.label:<24} {state}" + (f" (resumes {newest_checkpoint(u.unit_dir)})" if state == "partial" else ""))
+    print(f"{len(todo) - len(pending)} of {len(todo)} units finished; {len(pending)} to run, {jobs} at a time, "
+          f"{threads} thread(s) each; budget {spec.budget_id()}")
+    if dry_run:
+        return []
+    summaries = []
+    if pending:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+            futures = {pool.submit(run_unit, spec, u, threads): u for u in pending}
+            bar = tqdm(as_completed(futures), total=len(futures), desc=f"study {spec.name}", unit="unit")
+            for future in bar:
+                summary = future.result()
+                summaries.append(summary)
+                bar.write(f"{summary['unit']}: " + (f"error: {summary['error']}" if "error" in summary
+                                                    else f"done in {summary['train_s']} s -> {summary['result']}"))
+                if report and "error" not in summary:
+                    build_report(spec, results)
+    if report:
+        build_report(spec, results)
+    return summaries
+
+
+def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, overrides: list[str], out: str,
+               results: str | None, jobs: int, dry_run: bool, report_only: bool, readme: str | None) -> int:
+    from fundus2video.study_report import build_report, update_readme
+
+    spec = load_study(name, variants, seeds, overrides)
+    results_dir = Path(results or f"results/{spec.name}_study")
+    if report_only:
+        md = build_report(spec, results_dir)
+    else:
+        summaries = run_study(spec, Path(out) / spec.name, results_dir, jobs, dry_run)
+        if dry_run:
+            return 0
+        md = results_dir / "study.md"
+        failed = [s for s in summaries if "error" in s]
+        if failed:
+            print(f"{len(failed)} unit(s) did not finish: " + "; ".join(f"{s['unit']}: {s['error']}" for s in failed),
+                  file=sys.stderr)
+    if readme:
+        update_readme(Path(readme), md)
+        print(f"updated {readme} from {md}")
+    print(Path(md).read_text())
+    return 1 if not report_only and not dry_run and any("error" in s for s in summaries) else 0

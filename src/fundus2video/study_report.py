@@ -1,0 +1,322 @@
+"""The study's report, rebuilt from the finished units' result files alone (`study.py`).
+
+Per variant, the mean +- standard deviation over seeds of each seed's test-split scores; for each
+variant its paired difference to the reference variant (the full method) with a 95 % bootstrap
+confidence interval that resamples seeds and test cases (the same seeds and cases for both arms:
+seed k of a variant trained on the data order, initialisation draws and sampling of seed k of the
+reference); the paper's claims judged from those intervals; a bar plot with error bars and the
+learning curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fundus2video.errors import UserError
+from fundus2video.video_io import atomic_path
+
+# (key, label, higher is better)
+TABLE = (("psnr", "PSNR", True), ("ssim", "SSIM", True), ("psnr_lesion", "PSNR lesion", True),
+         ("ssim_lesion", "SSIM lesion", True), ("curve_mae", "curve MAE", False),
+         ("lesion_rise", "lesion rise", True), ("false_bright", "false bright", False),
+         ("time_corr", "time corr", True))
+DIFFS = ("psnr", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "false_bright")
+BETTER = {k: hi for k, _, hi in TABLE}
+N_BOOT = 10_000
+README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def load_units(spec, results: Path) -> dict[str, dict[int, dict]]:
+    """variant -> seed -> unit result, for the spec's variants at the spec's budget."""
+    from fundus2video.study import short_name
+
+    out: dict[str, dict[int, dict]] = {}
+    for variant in spec.variants:
+        name = short_name(variant)
+        for path in sorted((results / name).glob("seed*.json")):
+            try:
+                unit = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise UserError(f"{path}: unreadable unit result ({err})") from None
+            if unit.get("budget_id") == spec.budget_id():
+                out.setdefault(name, {})[int(unit["seed"])] = unit
+    return out
+
+
+def _case_matrix(unit_by_seed: dict[int, dict], seeds: list[int], cases: list[str], key: str) -> np.ndarray:
+    """(seeds, cases) of a per-case score (nan where missing)."""
+    m = np.full((len(seeds), len(cases)), np.nan)
+    for i, s in enumerate(seeds):
+        values = {r["case_id"]: r.get(key) for r in unit_by_seed[s]["per_case"]}
+        for j, c in enumerate(cases):
+            v = values.get(c)
+            m[i, j] = np.nan if v is None else v
+    return m
+
+
+def paired_difference(variant: dict[int, dict], reference: dict[int, dict], key: str,
+                      n_boot: int = N_BOOT, seed: int = 0) -> dict | None:
+    """Mean of (variant - reference) over shared seeds and test cases, and its 95 % bootstrap
+    interval (seeds resampled, then cases, with replacement; the same draws for both arms)."""
+    seeds = sorted(set(variant) & set(reference))
+    if not seeds:
+        return None
+    cases = sorted(set.intersection(*[{r["case_id"] for r in u[s]["per_case"]} for u in (variant, reference)
+                                      for s in seeds]))
+    diff = _case_matrix(variant, seeds, cases, key) - _case_matrix(reference, seeds, cases, key)
+    keep = ~np.isnan(diff).all(axis=0)
+    diff = diff[:, keep]
+    if diff.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, diff.shape[0], (n_boot, diff.shape[0]))
+    ci = rng.integers(0, diff.shape[1], (n_boot, diff.shape[1]))
+    # mean over the resampled (seed, case) grid of each draw
+    boot = np.array([np.nanmean(diff[s][:, c]) for s, c in zip(si, ci)])
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    return {"mean": float(np.nanmean(diff)), "lo": float(lo), "hi": float(hi), "seeds": len(seeds),
+            "cases": int(diff.shape[1])}
+
+
+def summary(units: dict[str, dict[int, dict]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """variant -> key -> (mean over seeds, std over seeds (ddof 1; nan for one seed), n seeds)."""
+    out = {}
+    for name, by_seed in units.items():
+        row = {}
+        for key in [k for k, _, _ in TABLE] + ["real_lesion_rise", "lesion_rise_ratio", "train_s"]:
+            values = [u["train_s"] if key == "train_s" else u["metrics"].get(key) for u in by_seed.values()]
+            values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            if values:
+                row[key] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+                            len(values))
+        out[name] = row
+    return out
+
+
+def _cell(stat: tuple[float, float, int] | None, digits: int) -> str:
+    if stat is None:
+        return "—"
+    mean, std, _ = stat
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def _digits(key: str) -> int:
+    return 2 if key.startswith("psnr") else 3
+
+
+def _verdict(d: dict | None, higher_is_better: bool) -> int | None:
+    """+1: the variant is better than the reference (interval excludes 0), -1 worse, 0 unclear."""
+    if d is None or d["seeds"] < 2:
+        return None
+    if d["lo"] > 0:
+        return 1 if higher_is_better else -1
+    if d["hi"] < 0:
+        return -1 if higher_is_better else 1
+    return 0
+
+
+def claims(spec, diffs: dict[str, dict[str, dict | None]]) -> list[str]:
+    """Each of the paper's claims, held / not held / unclear from the paired intervals."""
+    from fundus2video.study import short_name
+
+    ref = short_name(spec.reference)
+    words = {1: "better", -1: "worse", 0: "no clear difference", None: "too few seeds"}
+    lines = []
+
+    def judged(variant: str, keys: tuple[str, ...]) -> tuple[list[int | None], str]:
+        verdicts = [_verdict(diffs.get(variant, {}).get(k), BETTER[k]) for k in keys]
+        detail = ", ".join(f"{k} {words[v]}" for k, v in zip(keys, verdicts))
+        return verdicts, detail
+
+    def status(verdicts: list[int | None], want: int) -> str:
+        if any(v is None for v in verdicts):
+            return "**unclear** (fewer than 2 seeds)"
+        if want in verdicts and -want not in verdicts:
+            return "**held**"
+        if -want in verdicts and want not in verdicts:
+            return "**not held**"
+        return "**unclear**"
+
+    base = short_name(spec.baseline)
+    if base in diffs:
+        v, detail = judged(base, ("psnr_lesion", "lesion_rise", "curve_mae", "psnr"))
+        lines.append(f"- The full method beats {base}: {status(v[:3], -1)} inside the lesions "
+                     f"({base} against {ref}: {detail}).")
+    for name, what in (("no_kba", "knowledge-boosted attention"), ("no_kad", "the knowledge-aware discriminator"),
+                       ("no_mask_nce", "mask-enhanced PatchNCE")):
+        if name in diffs:
+            v, detail = judged(name, ("psnr_lesion", "curve_mae", "lesion_rise"))
+            lines.append(f"- {what[0].upper() + what[1:]} helps inside the lesions: {status(v, -1)} "
+                         f"(without it: {detail}).")
+    if "lesion_mask" in diffs:
+        v, detail = judged("lesion_mask", ("psnr_lesion", "curve_mae", "lesion_rise"))
+        if any(x is None for x in v):
+            verdict = "**unclear** (fewer than 2 seeds)"
+        else:
+            verdict = "**not held**" if 1 in v and -1 not in v else "**held**" if 1 not in v else "**unclear**"
+        lines.append(f"- The unsupervised knowledge mask does at least as well as the supervised lesion mask: "
+                     f"{verdict} (lesion_mask against {ref}: {detail}).")
+    if "no_km" in diffs:
+        v, detail = judged("no_km", ("psnr_lesion", "curve_mae", "lesion_rise"))
+        lines.append(f"- Guidance by the knowledge mask beats an all-ones mask: {status(v, -1)} "
+                     f"(no_km against {ref}: {detail}).")
+    return lines
+
+
+def build_report(spec, results: Path) -> Path:
+    """Write study.md, study.csv, study.png and curves.png into `results` from its unit files."""
+    from fundus2video.study import short_name
+
+    results = Path(results)
+    units = load_units(spec, results)
+    names = [short_name(v) for v in spec.variants]
+    stats = summary(units)
+    ref = short_name(spec.reference)
+    diffs = {n: {k: paired_difference(units[n], units[ref], k) for k in DIFFS}
+             for n in names if n in units and n != ref and ref in units}
+    lines = [f"Phantom study `{spec.name}` (budget `{spec.budget_id()}`): "
+             f"{sum(len(u) for u in units.values())} of {len(names) * len(spec.seeds)} units finished. "
+             "Test split, frames in [0, 1]; mean ± std over seeds (each seed: the mean over the test cases).", ""]
+    header = ["variant", "seeds", *[label for _, label, _ in TABLE], "train s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n in names:
+        row = stats.get(n, {})
+        seeds = ",".join(str(s) for s in sorted(units.get(n, {}))) or "—"
+        cells = [_cell(row.get(k), _digits(k)) for k, _, _ in TABLE]
+        lines.append(f"| {n} | {seeds} | " + " | ".join(cells) + f" | {_cell(row.get('train_s'), 0)} |")
+    real = [u["metrics"].get("real_lesion_rise") for by in units.values() for u in by.values()]
+    real = [r for r in real if r is not None]
+    if real:
+        lines += ["", f"Real videos' lesion rise: {np.mean(real):.3f}. Higher is better for PSNR, SSIM, lesion rise "
+                  "(up to the real value) and time corr; lower for curve MAE and false bright."]
+    if diffs:
+        lines += ["", f"Paired difference to {ref} (variant − {ref}; mean over seeds × test cases, "
+                  "[95 % bootstrap interval over seeds and cases]):", ""]
+        lines += ["| variant | " + " | ".join(DIFFS) + " |", "|" + "---|" * (len(DIFFS) + 1)]
+        for n, by_key in diffs.items():
+            cells = []
+            for k in DIFFS:
+                d = by_key[k]
+                cells.append("—" if d is None else
+                             f"{d['mean']:+.{_digits(k)}f} [{d['lo']:+.{_digits(k)}f}, {d['hi']:+.{_digits(k)}f}]")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines += ["", "The paper's claims on the phantom:", "", *claims(spec, diffs)]
+    total = sum(u["train_s"] or 0 for by in units.values() for u in by.values())
+    lines += ["", f"Training time of the finished units: {total / 3600:.1f} CPU-hours in all "
+              "(one thread per unit, two units at a time on a 2-core machine while other work ran: the "
+              "times are indicative only). Budget (over each variant's experiment): "
+              f"`{' '.join(spec.budget_overrides())}`.", "",
+              "![scores per variant](study.png)", "", "![learning curves](curves.png)"]
+    md = results / "study.md"
+    with atomic_path(md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    _write_csv(units, results / "study.csv")
+    if units:
+        _bar_plot(names, units, results / "study.png")
+        _curve_plot(spec, units, results / "curves.png")
+    return md
+
+
+def _write_csv(units: dict[str, dict[int, dict]], path: Path) -> None:
+    keys = ["variant", "seed", "train_s", *[k for k, _, _ in TABLE], "real_lesion_rise", "lesion_rise_ratio"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for name, by_seed in units.items():
+            for seed, u in sorted(by_seed.items()):
+                writer.writerow({"variant": name, "seed": seed, "train_s": u["train_s"],
+                                 **{k: u["metrics"].get(k) for k in keys[3:]}})
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bar_plot(names: list[str], units: dict[str, dict[int, dict]], path: Path) -> None:
+    plt = _plt()
+    keys = ("psnr_lesion", "ssim_lesion", "lesion_rise", "curve_mae", "false_bright", "psnr")
+    labels = {k: label for k, label, _ in TABLE}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    present = [n for n in names if n in units]
+    for ax, key in zip(axes.flat, keys):
+        for i, n in enumerate(present):
+            values = [u["metrics"].get(key) for u in units[n].values()]
+            values = [v for v in values if v is not None]
+            if not values:
+                continue
+            ax.bar(i, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, capsize=3,
+                   color="tab:red" if i == 0 else "tab:grey", alpha=0.7)
+            ax.scatter([i] * len(values), values, color="black", s=8, zorder=3)
+        if key == "lesion_rise":
+            real = [u["metrics"].get("real_lesion_rise") for by in units.values() for u in by.values()]
+            ax.axhline(np.mean([r for r in real if r is not None]), color="black", ls="--", lw=1, label="real")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(present)), present, rotation=35, ha="right", fontsize=8)
+        ax.set_title(labels[key] + (" (lower is better)" if not BETTER[key] else ""))
+        if key.startswith("psnr"):
+            lo = min(u["metrics"][key] for n in present for u in units[n].values() if u["metrics"].get(key))
+            ax.set_ylim(lo - 1.5, None)
+    fig.suptitle("Phantom test split: mean ± std over seeds (dots: seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
+    """psnr_lesion, lesion_rise and psnr of the validation cases against training videos seen:
+    the reference and the baseline in colour (mean over seeds, band min..max), the rest thin."""
+    from fundus2video.study import short_name
+
+    plt = _plt()
+    ref, base = short_name(spec.reference), short_name(spec.baseline)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key in zip(axes, ("psnr_lesion", "lesion_rise", "psnr")):
+        for n, by_seed in units.items():
+            curves = [u["curve"] for u in by_seed.values() if u.get("curve")]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            x = np.array([r["videos"] for r in curves[0][:length]])
+            y = np.array([[r.get(key) if r.get(key) is not None else np.nan for r in c[:length]] for c in curves])
+            style = {ref: ("tab:red", 2.0), base: ("tab:blue", 2.0)}.get(n, ("tab:grey", 0.8))
+            ax.plot(x, np.nanmean(y, axis=0), color=style[0], lw=style[1], label=f"{n} ({len(curves)} seeds)",
+                    marker="o" if n in (ref, base) else None, ms=3)
+            if n in (ref, base) and len(curves) > 1:
+                ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=style[0], alpha=0.15)
+        if key == "lesion_rise":
+            real = [r.get("real_lesion_rise") for by in units.values() for u in by.values() for r in u.get("curve", [])]
+            real = [r for r in real if r is not None]
+            if real:
+                ax.axhline(np.mean(real), color="black", ls="--", lw=1, label="real")
+        ax.set_xlabel("training videos seen")
+        ax.set_title(f"{key} (validation cases)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def update_readme(readme: Path, md: Path) -> None:
+    """Replace the README's study block (between the markers) with `md`, links made relative to the README."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise UserError(f"{readme}: no study block (expected the lines {README_BEGIN} and {README_END})")
+    rel = Path(md).parent.resolve().relative_to(readme.parent.resolve()).as_posix()
+    body = re.sub(r"\]\((?!https?:)([^)/]+)\)", lambda m: f"]({rel}/{m.group(1)})", Path(md).read_text())
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(f"{head}{README_BEGIN}\n{body}{README_END}{tail}")
