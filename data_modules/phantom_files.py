@@ -1,6 +1,7 @@
 """Write the phantom to disk in the case-folder layout, so demos exercise the real loaders.
 
     <out>/<case>/cf.png, <case>/ffa.mp4 (or <case>/ffa/000.png ...), <case>/lesion.png
+    <out>/<case>/lesion_<kind>.png (each lesion kind the case has), <case>/vessels.png (for scoring)
     <out>/cases.csv: case_id, patient_id, eye, times (seconds, ';'-separated)
 """
 
@@ -30,6 +31,10 @@ def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int 
         case_dir = out / case.case_id
         write_png(case_dir / "cf.png", case.cf)
         write_png(case_dir / "lesion.png", case.lesion.astype(np.uint8) * 255)
+        for kind, mask in case.lesion_kinds.items():
+            if mask.any():
+                write_png(case_dir / f"lesion_{kind}.png", mask.astype(np.uint8) * 255)
+        write_png(case_dir / "vessels.png", case.vessels.astype(np.uint8) * 255)
         if video == "mp4":
             write_mp4(case_dir / "ffa.mp4", np.repeat(case.frames[..., None], 3, axis=3), fps=fps)
         else:

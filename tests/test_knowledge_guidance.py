@@ -188,7 +188,9 @@ def test_local_enhancer_names_follow_pix2pixhd():
     assert net.global_net.model[1].in_channels == 6 and net.global_net.model[1].out_channels == 16  # 2 x ngf
 
 
-def test_vgg_needs_its_weights_file(full):
+def test_vgg_needs_its_weights_file(full, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # loss.vgg_weights=auto: an empty cache,
+    monkeypatch.setenv("FUNDUS2VIDEO_OFFLINE", "1")  # and no download
     with pytest.raises(ConfigError, match="vgg19-dcbb9e9d.pth"):
         train(full("loss.vgg=10"))
     with pytest.raises(ConfigError, match="file not found: /no/such/vgg.pth"):

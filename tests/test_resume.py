@@ -106,6 +106,41 @@ def test_checkpoint_every_n_batches_writes_last(runs):
     assert seen == [2, 2]  # written after video 2 (the spy runs after the writer), not after 1 or 3
 
 
+def test_last_ckpt_is_the_newest_state_after_every_epoch_under_one_name(runs):
+    """With mid-epoch checkpoints on, the epoch-end checkpoint still lands in last.ckpt (never
+    last-v1.ckpt), after every epoch, and the run's last.ckpt is its final model."""
+    cfg, _ = runs
+    at_epoch_start = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            path = trainer.default_root_dir + "/checkpoints/last.ckpt"
+            if os.path.exists(path):
+                at_epoch_start.append(torch.load(path, weights_only=True)["fundus2video"]["video_step"])
+
+    build = train_module.build_trainer
+    train_module.build_trainer = lambda c, d, callbacks=None, loggers=False: build(c, d, [*(callbacks or []), Spy()],
+                                                                                   loggers)
+    try:
+        run_dir = train(cfg("name=epochs", "trainer.max_epochs=3", "trainer.checkpoint_every_n_batches=2"))
+    finally:
+        train_module.build_trainer = build
+    assert at_epoch_start == [3, 6]  # 3 videos an epoch: epochs 1 and 2 ended with a checkpoint
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert _state(run_dir)["fundus2video"]["video_step"] == 9
+
+
+def test_resume_last_skips_a_newest_run_without_checkpoint(runs):
+    cfg, _ = runs
+    done = train(cfg("name=crashed", "trainer.max_epochs=1"))
+    base = done.parent
+    empty = base / "29991231-235959"  # a later run that died before its first checkpoint
+    empty.mkdir()
+    (base / "latest").unlink()
+    (base / "latest").symlink_to(empty.name)
+    assert resolve_resume(cfg("name=crashed"), "last") == (done / "checkpoints" / "last.ckpt").resolve()
+
+
 def test_atomic_checkpoint_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()

@@ -92,6 +92,15 @@ def cmd_data_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import_dicom(args: argparse.Namespace) -> int:
+    from fundus2video.data_modules.dicom import import_dicom
+
+    report = import_dicom(args.src, args.out, anonymize=args.anonymize, key=args.key, mapping=args.mapping,
+                          dry_run=args.dry_run, overwrite=args.overwrite, progress=sys.stderr.isatty())
+    print(report.format())
+    return report.exit_code
+
+
 def cmd_import_weights(args: argparse.Namespace) -> int:
     from fundus2video.weights import import_weights
 
@@ -164,7 +173,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, reason in report["skipped"].items():
         print(f"  {name:<{width}}  SKIPPED: {reason}")
     print(f"written: {out}/metrics.json, per_case.csv, contact_sheet.png"
-          + (", per_phase.csv" if (out / "per_phase.csv").is_file() else ""))
+          + "".join(f", {name}" for name in ("per_phase.csv", "kinetics.png") if (out / name).is_file()))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from fundus2video.pretrained import WEIGHTS, cache_dir, fetch, list_weights
+
+    if args.weights_command == "list":
+        rows = [("NAME", "FILE", "CHECKED BY", "CACHED"),
+                *((name, file, f"sha256 {WEIGHTS[name].expected}" + ("" if WEIGHTS[name].sha256 else "...")
+                   if WEIGHTS[name].expected else "none (place by hand)", cached)
+                  for name, file, cached in list_weights())]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3])
+        print(f"cache: {cache_dir()} ($TORCH_HOME/hub/checkpoints); a file put there by hand under its FILE name "
+              "is used when it matches; sources:")
+        for w in WEIGHTS.values():
+            print(f"  {w.name:<{widths[0]}}  {w.url}")
+        return 0
+    names = list(WEIGHTS) if args.name == "all" else [args.name]
+    if len(names) > 1 and (args.url or args.sha256):
+        raise UserError("weights fetch all: --url and --sha256 apply to one NAME")
+    failed = []
+    for name in names:
+        try:
+            print(f"{name}: {fetch(name, args.url, args.sha256)}")
+        except UserError as err:
+            if len(names) == 1:
+                raise
+            print(f"{name}: not fetched: {err}")
+            failed.append(name)
+    if failed:
+        raise UserError(f"weights fetch all: {len(failed)} of {len(names)} not fetched ({', '.join(failed)}; "
+                        "reasons above)")
     return 0
 
 
@@ -213,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--frames", type=int, default=12, help="FFA frames per case")
     ph.add_argument("--video", choices=("mp4", "png"), default="mp4", help="ffa.mp4 or ffa/NNN.png")
     ph.add_argument("--seed", type=int, default=0)
+    dcm = data_sub.add_parser("import-dicom", help="turn clinical DICOM (CF photos, angiograms) into case folders",
+                              description="Read Ophthalmic Photography DICOM under SRC (headers first), pair each "
+                              "eye's colour photo with its angiogram frames in acquisition order and write "
+                              "<out>/<case>/cf.png, ffa/NNN.png and cases.csv. Exit status 1 when any eye was "
+                              "left out, 2 for usage errors.")
+    dcm.add_argument("src", help="a folder of DICOM files (walked; a DICOMDIR is only a hint)")
+    dcm.add_argument("--out", required=True, help="output folder (a new or empty one, or see --overwrite)")
+    dcm.add_argument("--anonymize", action="store_true",
+                     help="replace patient ids by pseudonyms P + HMAC-SHA256(KEY, PatientID)[:12]")
+    dcm.add_argument("--key", help="the secret for --anonymize (the same key gives the same pseudonyms)")
+    dcm.add_argument("--mapping", help="with --anonymize: also write pseudonym,patient_id to this CSV "
+                     "(outside --out)")
+    dcm.add_argument("--dry-run", action="store_true", help="print the report; write nothing")
+    dcm.add_argument("--overwrite", action="store_true", help="replace an --out that already holds cases")
     imp = sub.add_parser("import-weights", help="turn release / pix2pixHD weights into a fundus2video checkpoint")
     imp.add_argument("--netG", required=True, help="the release's <epoch>_net_G.pth")
     imp.add_argument("--netD", help="the release's <epoch>_net_D.pth (optional)")
@@ -259,11 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="standard: [0, 1], set-level FVD; paper: the release's formulas (comparable with "
                     "the published numbers)")
     ev.add_argument("--out", help="output folder (default: <run dir>/eval/<split>-<data>)")
-    ev.add_argument("--i3d", help="I3D weights for FVD: i3d_torchscript.pt or i3d_pretrained_400.pt")
-    ev.add_argument("--lpips", help="LPIPS backbone: torchvision's vgg16-397923af.pth (or alexnet, --lpips-net)")
+    ev.add_argument("--i3d", default="auto", help="I3D weights for FVD: i3d_torchscript.pt or i3d_pretrained_400.pt, "
+                    "i3d, i3d_400 or auto (default: whichever is cached; FVD is skipped when none is)")
+    ev.add_argument("--lpips", default="auto", help="LPIPS backbone: torchvision's vgg16-397923af.pth (or alexnet, "
+                    "--lpips-net), vgg16, alexnet or auto (default: the cached file of --lpips-net, else fetched)")
     ev.add_argument("--lpips-net", default="vgg", choices=("vgg", "alex"))
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
+    wt = sub.add_parser("weights", help="list or fetch the pretrained weights (VGG19, LPIPS backbones, I3D)",
+                        description="Known weights are cached in $TORCH_HOME/hub/checkpoints and verified by "
+                        "SHA-256; settings that take weights accept a path, a NAME or auto.")
+    wt_sub = wt.add_subparsers(dest="weights_command", required=True)
+    wt_sub.add_parser("list", help="the known weights and where they are cached")
+    wf = wt_sub.add_parser("fetch", help="download and verify weights into the cache")
+    wf.add_argument("name", help="a NAME of `weights list`, or all")
+    wf.add_argument("--url", help="download from this URL instead (a mirror); the SHA-256 is still checked")
+    wf.add_argument("--sha256", help="the file's SHA-256, for weights whose hash is not known (the I3Ds)")
     sweep_cli.add_parser(sub)
     export_cli.add_parser(sub)
     return parser
@@ -274,9 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "data" else f"data {args.data_command}"
     commands = {"train": cmd_train, "config": cmd_config, "data check": cmd_data_check,
-                "data phantom": cmd_data_phantom, "import-weights": cmd_import_weights,
+                "data phantom": cmd_data_phantom, "data import-dicom": cmd_data_import_dicom,
+                "import-weights": cmd_import_weights,
                 "study": cmd_study, "ablation": cmd_study, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep,
-                "evaluate": cmd_evaluate, "export": export_cli.cmd_export}
+                "evaluate": cmd_evaluate, "export": export_cli.cmd_export, "weights": cmd_weights}
     try:
         if hasattr(args, "overrides"):
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})

@@ -138,7 +138,9 @@ class LossConfig:
     gan_km: float = 1.0  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
     att: float = 1.0  # KBA auxiliary loss: BCE(attention, mask resized)
     l1: float = 0.0  # plain L1 to the real frames (not in the paper; for quick CPU demos)
-    vgg_weights: str = ""  # torchvision-format VGG19 ImageNet weights (vgg19-dcbb9e9d.pth)
+    # torchvision-format VGG19 ImageNet weights (vgg19-dcbb9e9d.pth): a path, or auto ("" too): the
+    # cached copy, downloaded and verified first if missing (fundus2video.pretrained); unused when vgg=0
+    vgg_weights: str = "auto"
     gv_patch: int = 12
     nce_layers: list[int] = field(default_factory=lambda: [0, 4, 8, 12, 16])  # generator layers compared
     nce_patches: int = 256  # patches sampled per layer

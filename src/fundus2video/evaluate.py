@@ -108,9 +108,11 @@ class Scores:
         self.settings: dict[str, Any] = {"protocol": protocol}
         self.i3d = self._load("fvd", i3d, "--i3d", "an I3D file (StyleGAN-V's i3d_torchscript.pt or pytorch-i3d's "
                               "i3d_pretrained_400.pt)", lambda p: __import__(
-                                  "fundus2video.metrics.i3d", fromlist=["load_i3d"]).load_i3d(p, size=i3d_size))
+                                  "fundus2video.metrics.i3d", fromlist=["load_i3d"]).load_i3d(p, size=i3d_size),
+                              auto=("i3d", "i3d_400"))
         self.lpips_path = self._load("lpips", lpips, "--lpips", f"torchvision's {lpips_net} ImageNet weights "
-                                     "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)", lambda p: p)
+                                     "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)", lambda p: p,
+                                     auto=({"vgg": "vgg16", "alex": "alexnet"}.get(lpips_net, "vgg16"),))
         self.lpips_net = lpips_net
         scales = next((s for s in (5, 4, 3) if msssim_min_side(s) <= size), 0)
         if self.standard and not scales:
@@ -126,12 +128,24 @@ class Scores:
 
             self.fvd = FrechetVideoDistance(self.i3d)
 
-    def _load(self, name: str, path: str | None, flag: str, what: str, loader):
+    def _load(self, name: str, path: str | None, flag: str, what: str, loader, auto: tuple[str, ...] = ()):
+        """`loader(file)`, or None with the reason in `skipped`. `path`: a file, or `auto` / a name of
+        fundus2video.pretrained (`auto`: the first of `auto`), cached or fetched and verified there;
+        when that cannot be had (offline, no verifiable download) the metric is skipped, not the run."""
+        from fundus2video.pretrained import is_name, resolve
+
         wanted = self.standard if name == "lpips" else True
         if not wanted:
             return None
         if not path:
             reason = f"no {flag} file given ({what})"
+        elif is_name(path):
+            try:
+                found = resolve(path, flag, auto)
+            except UserError as err:  # not cached and not fetched (offline, no verifiable download, no network)
+                reason = str(err)
+            else:
+                return loader(str(found))
         elif not Path(path).is_file():
             reason = f"{flag}: file not found: {path} ({what})"
         else:

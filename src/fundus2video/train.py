@@ -177,13 +177,14 @@ def quiet_known_warnings() -> None:
 def check_resources(cfg: DictConfig) -> None:
     """Files the run needs, checked before anything is created."""
     if cfg.loss.vgg > 0:
-        path = cfg.loss.vgg_weights
-        if not path:
-            raise ConfigError(f"loss.vgg={cfg.loss.vgg} needs VGG19 ImageNet weights: set loss.vgg_weights to "
-                              "the path of torchvision's vgg19-dcbb9e9d.pth, or loss.vgg=0")
-        if not Path(path).is_file():
-            raise ConfigError(f"loss.vgg_weights: file not found: {path} (expected torchvision's VGG19 "
-                              "ImageNet weights, vgg19-dcbb9e9d.pth)")
+        from fundus2video.errors import UserError
+        from fundus2video.pretrained import resolve
+
+        try:  # auto ("" too) or a name: the cached file, fetched and verified here, before the run starts
+            resolve(cfg.loss.vgg_weights or "auto", "loss.vgg_weights", auto=("vgg19",))
+        except UserError as err:
+            raise ConfigError(f"{err} (loss.vgg={cfg.loss.vgg} needs torchvision's VGG19 ImageNet weights, "
+                              "vgg19-dcbb9e9d.pth; or set loss.vgg=0)") from None
 
 
 def resolve_resume(cfg: DictConfig, resume: str) -> Path:
@@ -192,8 +193,15 @@ def resolve_resume(cfg: DictConfig, resume: str) -> Path:
     if resume == "last":
         path = Path(cfg.logging.root) / cfg.name / "latest" / "checkpoints" / "last.ckpt"
         if not path.is_file():
-            raise ConfigError(f"--resume last: no checkpoint at {path} (no earlier run of '{cfg.name}' under "
-                              f"{cfg.logging.root}/)")
+            # `latest` moves to a run as it starts: one that failed or was killed before its first
+            # checkpoint must not hide the newest run that has one
+            runs = [p for p in (Path(cfg.logging.root) / cfg.name).glob("*/checkpoints/last.ckpt")
+                    if p.is_file() and not p.parent.parent.is_symlink()]
+            if not runs:
+                raise ConfigError(f"--resume last: no checkpoint at {path} (no earlier run of '{cfg.name}' with a "
+                                  f"checkpoint under {cfg.logging.root}/)")
+            path = max(runs, key=lambda p: p.stat().st_mtime)
+            log.info("--resume last: the newest run has no checkpoint; resuming %s", path)
     else:
         path = Path(resume)
         if path.is_dir():

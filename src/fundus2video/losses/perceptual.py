@@ -96,8 +96,14 @@ def load_vgg19(path: str | Path) -> VGG19Features:
     `path` holds a torchvision-format state dict (keys `features.<i>.weight|bias`; the
     `classifier.*` entries are ignored), or a dict with one under "state_dict". Raises
     `UserError` for a missing or unreadable file and for missing, unexpected or misshaped
-    `features.*` entries (naming the first few with the expected shapes).
+    `features.*` entries (naming the first few with the expected shapes). `auto` (or "", unset)
+    and the name `vgg19` mean the cached file, downloaded and verified first where it is missing
+    (`fundus2video.pretrained`).
     """
+    from fundus2video.pretrained import is_name, resolve
+
+    if isinstance(path, str) and (not path or is_name(path)):
+        path = resolve(path or "auto", CONFIG_KEY, auto=("vgg19",))
     path = Path(path)
     if not path.is_file():
         raise UserError(f"VGG19 weights file not found: {path}. {_weights_help(path)}")
