@@ -39,16 +39,19 @@ class Fundus2VideoDataModule(L.LightningDataModule):
     dict), `min_frames` the fewest frames a case needs (window K + 1), `run_dir` where
     `split.csv` is written."""
 
-    def __init__(self, data: dict, min_frames: int = 2, run_dir: str | Path | None = None, seed: int = 0):
+    def __init__(self, data: dict, min_frames: int = 2, run_dir: str | Path | None = None, seed: int = 0,
+                 evaluation: bool = False):
         super().__init__()
-        self.cfg, self.min_frames, self.seed = data, min_frames, seed
+        # evaluation: every split read as validation reads it (no augmentation, no random frame draws),
+        # so scores on the training split repeat exactly
+        self.cfg, self.min_frames, self.seed, self.evaluation = data, min_frames, seed, evaluation
         self.run_dir = Path(run_dir) if run_dir else None
         self.datasets: dict[str, Dataset] = {}
         self.samplers: dict[str, SeededSampler] = {}
         self._resume: tuple[int, int] | None = None  # (epoch, training items already seen)
 
     def _transform(self, split: str) -> PairedTransform:
-        train = split == "train" and self.cfg["augment_train"]
+        train = split == "train" and self.cfg["augment_train"] and not self.evaluation
         return PairedTransform(self.cfg["size"], train=train, cfg=AugmentConfig(**self.cfg["augment"]))
 
     def _phantom(self) -> dict[str, Dataset]:
@@ -83,7 +86,7 @@ class Fundus2VideoDataModule(L.LightningDataModule):
         for s in SPLITS:
             recs = [r for r in records if split[r.case_id] == s]
             out[s] = FileVideoDataset(recs, cfg["size"], cfg["n_frames"], cfg["manifest"]["per_phase"],
-                                      train=s == "train", transform=self._transform(s),
+                                      train=s == "train" and not self.evaluation, transform=self._transform(s),
                                       km_threshold=cfg["km_threshold"])
         sizes = {s: len(d) for s, d in out.items()}
         log.info("cases per split: %s", sizes)

@@ -90,3 +90,29 @@ def test_evaluate_errors_name_the_input(trained, tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "nodata")]) == 2
     assert "--data: not found" in capsys.readouterr().err
+
+
+def test_training_split_is_scored_deterministically(tiny, tmp_path):
+    """Scoring reads every split as validation does (no augmentation, no random frame draws): the
+    training cases it scores are the cases as a plain read gives them, and cases of different
+    lengths fit one contact sheet."""
+    from fundus2video.data_modules.cases import folder_records
+    from fundus2video.data_modules.datasets import FileVideoDataset
+    from fundus2video.data_modules.phantom_files import write_phantom
+    from fundus2video.data_modules.transforms import PairedTransform
+    from fundus2video.evaluate import evaluation_data
+    from fundus2video.generate import load_module
+
+    write_phantom(tmp_path / "cases", 6, size=48, n_frames=10, video="png", progress=False)
+    cfg = tiny("data.source=folders", f"data.root={tmp_path / 'cases'}", "data.augment_train=true",
+               "optim.epochs_constant=1", "optim.epochs_decay=0", "data.split.fractions=[0.7,0.15,0.15]")
+    run_dir = train(cfg)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    samples = evaluation_data(load_module(ckpt), ckpt, None, "train")
+    records = {r.case_id: r for r in folder_records(tmp_path / "cases")}
+    for sample in samples:
+        plain = FileVideoDataset([records[sample["case_id"]]], 32, 4, cfg.data.manifest.per_phase, False,
+                                 PairedTransform(32, train=False))[0]
+        assert torch.equal(sample["cf"], plain["cf"]) and torch.equal(sample["frames"], plain["frames"])
+    out = evaluate(ckpt, split="train", protocol="standard", out=tmp_path / "a")
+    assert (out / "contact_sheet.png").stat().st_size > 0

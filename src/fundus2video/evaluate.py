@@ -83,7 +83,7 @@ def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, sp
         cfg["split"]["file"] = str(run_split)  # the cases this run held out
     if data and split != "all":
         log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
-    dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1)
+    dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1, evaluation=True)
     dm.setup()
     for dataset in dm.datasets.values():
         dataset.with_regions = True  # per-kind lesion and vessel masks, where the data has them
@@ -228,9 +228,10 @@ class Scores:
 def contact_sheet(cases: list[dict], n_columns: int = 6) -> np.ndarray:
     """Per case two rows: CF + real frames, then CF + generated frames, labelled."""
     blocks = []
+    n_columns = min([n_columns, *(case["real"].shape[0] for case in cases)])  # cases may differ in length
     for case in cases:
         t = case["real"].shape[0]
-        cols = np.linspace(0, t - 1, min(n_columns, t)).round().astype(int)
+        cols = np.linspace(0, t - 1, n_columns).round().astype(int)
         cf = enlarge(to_uint8(case["cf"]))
         for label, video in (("real", case["real"]), ("generated", case["fake"])):
             row = np.hstack([cf] + [enlarge(to_uint8(video[i])) for i in cols])
