@@ -12,10 +12,22 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """`fundus2video.generate_video(s)` without importing torch at `import fundus2video`."""
-    if name in ("generate_video", "generate_videos"):
-        from fundus2video import generate
+# name -> the submodule it lives in, imported on first use: `import fundus2video` stays free of torch
+_LAZY = {"generate_video": "generate", "generate_videos": "generate", "load_generator": "hub",
+         "LoadedGenerator": "hub", "save_hub": "hub", "Fundus2VideoModule": "module",
+         "Fundus2VideoDataModule": "data_modules"}
+__all__ = ["__version__", *_LAZY]
 
-        return getattr(generate, name)
+
+def __getattr__(name: str):
+    """`from fundus2video import Fundus2VideoModule, load_generator, ...` without importing torch at
+    `import fundus2video`."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"fundus2video.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'fundus2video' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,7 +1,9 @@
 """`fundus2video export`: a checkpoint's generator as one standalone file for other projects.
 
 TorchScript (`torch.jit.load`, needs torch only) or ONNX (any ONNX runtime; the optional extra
-`fundus2video[export]`). Two things can be exported: one autoregressive window of the generator,
+`fundus2video[export]`), or `--format hub`: a Hugging Face Hub folder (safetensors weights, config.json,
+model card; `fundus2video.hub`) that `generate --ckpt` and `fundus2video.load_generator` read back,
+optionally pushed with `--push`. Two things can be exported as one file: one autoregressive window of the generator,
 (B, 3 + K, H, W) -> (B, K, H, W), for callers that run their own rollout; or the whole rollout
 for a fixed number of frames T, CF (B, 3, H, W) -> video (B, T, 1, H, W), the same video as
 `fundus2video generate`. Every export is reloaded from disk and checked against the eager
@@ -26,7 +28,7 @@ from fundus2video.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "hub")  # hub: a folder for the Hugging Face Hub (fundus2video.hub)
 TOLERANCE = 1e-4  # largest |exported - eager| accepted on the check input
 CHECK_BATCH = 2  # the check runs another batch size than the export's example (1): batch is dynamic
 ONNX_MISSING = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fundus2video[export]'"
@@ -147,17 +149,46 @@ def _describe(fmt: str, ckpt: Path, window: int, size: int, frames: int | None, 
     }
 
 
+def export_hub(ckpt: str | Path, out: str | Path, overwrite: bool = False, push: str | None = None,
+               private: bool = False, license: str = "mit") -> ExportResult:
+    """The Hub folder of checkpoint `ckpt` (a .ckpt, a Hub folder, a URL, hf://) at `out`
+    (`fundus2video.hub.save_hub`), uploaded to the Hub repository `push` if given. The model card
+    describes the run the checkpoint was saved in (<run dir>/checkpoints/<name>.ckpt)."""
+    from fundus2video import hub
+    from fundus2video.generate import load_module
+
+    if push is not None:
+        hub._hf()  # a missing extra is answered before any work
+        hub._repo_id(push)
+    local = hub.resolve(ckpt)
+    module = load_module(local)
+    run_dir = local.parent.parent if local.is_file() and local.parent.name == "checkpoints" else None
+    inputs = (local, *([run_dir] if run_dir else []))  # never written over, whatever --overwrite says
+    path = hub.save_hub(module, out, run_dir, overwrite=overwrite, license=license, repo_id=push, inputs=inputs)
+    if push is not None:
+        hub.push(path, push, private)
+    return ExportResult(path, path / hub.CONFIG, 0.0)  # save_hub compared the weights exactly
+
+
 def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscript", size: int | None = None,
-                     frames: int | None = None) -> ExportResult:
+                     frames: int | None = None, overwrite: bool = False, push: str | None = None,
+                     private: bool = False, license: str = "mit") -> ExportResult:
     """Export the generator of checkpoint `ckpt` to `out` (and its description to `<out>.json`).
 
     frames=None exports one window, (B, 3 + K, H, W) -> (B, K, H, W); frames=T the rollout of T
     frames, (B, 3, H, W) -> (B, T, 1, H, W). H = W = `size` (default: the checkpoint's data.size);
     any batch size. Raises UserError for bad arguments, RuntimeError when the reloaded file
     does not reproduce the eager generator within TOLERANCE (then nothing is written).
+    format="hub" writes a folder instead (`export_hub`; `overwrite`, `push`, `private`, `license`).
     """
     if format not in FORMATS:
         raise UserError(f"format '{format}' is not one of {', '.join(FORMATS)}")
+    if format == "hub":
+        if size is not None or frames is not None:
+            raise UserError("--size and --frames do not apply to --format hub (the folder runs any size and T)")
+        return export_hub(ckpt, out, overwrite, push, private, license)
+    if push is not None:
+        raise UserError("--push needs --format hub")
     if frames is not None and frames < 1:
         raise UserError(f"--frames must be at least 1, got {frames}")
     if format == "onnx":
@@ -207,19 +238,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register `fundus2video export` (dispatch: `cmd_export`)."""
     p = subparsers.add_parser("export", help="the generator as a standalone TorchScript or ONNX file",
                               description="Export a checkpoint's generator for use without fundus2video; "
-                                          "writes OUT and OUT.json (inputs, outputs, how to call it).")
-    p.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt)")
-    p.add_argument("--out", required=True, help="file to write, e.g. generator.pt or generator.onnx")
+                                          "writes OUT and OUT.json (inputs, outputs, how to call it); "
+                                          "--format hub writes the folder OUT for the Hugging Face Hub.")
+    p.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt; hub: also a Hub folder, "
+                                                 "an http(s) URL or hf://REPO_ID[@REV])")
+    p.add_argument("--out", required=True, help="file to write, e.g. generator.pt or generator.onnx (hub: a folder)")
     p.add_argument("--format", choices=FORMATS, default="torchscript",
-                   help="torchscript (needs torch only) or onnx (needs fundus2video[export])")
+                   help="torchscript (needs torch only), onnx (needs fundus2video[export]) or hub (a Hugging "
+                        "Face Hub folder: model.safetensors, config.json, README.md model card)")
     p.add_argument("--frames", type=int, default=None,
                    help="export the whole rollout of T frames: CF -> video (default: one window)")
     p.add_argument("--size", type=int, default=None, help="image side H = W (default: the checkpoint's data.size)")
+    p.add_argument("--overwrite", action="store_true", help="hub: replace the files of an existing non-empty --out")
+    p.add_argument("--push", metavar="REPO_ID", default=None,
+                   help="hub: also upload the folder to this Hugging Face model repository (needs fundus2video[hub])")
+    p.add_argument("--private", action="store_true", help="hub: create the --push repository as private")
+    p.add_argument("--license", default="mit", help="hub: the model card's license identifier (default: mit)")
     return p
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    result = export_generator(args.ckpt, args.out, args.format, args.size, args.frames)
+    result = export_generator(args.ckpt, args.out, args.format, args.size, args.frames, args.overwrite, args.push,
+                              args.private, args.license)
+    if args.format == "hub":
+        print(f"wrote {result.path}/ (model.safetensors, config.json, README.md)"
+              + (f" and pushed it to https://huggingface.co/{args.push}" if args.push else ""))
+        return 0
     print(f"wrote {result.path} ({args.format}; max |exported - eager| = {result.max_abs_diff:.2g}) "
           f"and {result.sidecar}")
     return 0

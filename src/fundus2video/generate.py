@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from fundus2video.knowledge import crop_to_roi
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import write_gif, write_mp4, write_png
 from fundus2video.visuals import enlarge, label_band, to_uint8
+
+if TYPE_CHECKING:
+    from fundus2video.hub import LoadedGenerator
 
 MIN_SIDE = 64  # smaller photos hold too little of the fundus to be worth a video
 MIN_ROI_FRACTION = 0.05  # a field of view smaller than this is not a fundus photo
@@ -54,10 +58,18 @@ def prepare_photo(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(cf_s)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule:
+def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | LoadedGenerator:
     """A trained module in eval mode. `weights_only`: a checkpoint from elsewhere runs none of its
-    code; a file that is not a fundus2video checkpoint fails in one line naming it."""
-    ckpt = Path(ckpt)
+    code; a file that is not a fundus2video checkpoint fails in one line naming it.
+
+    `ckpt` may also be a Hub folder (config.json + model.safetensors, `export --format hub`), which
+    gives a `hub.LoadedGenerator` (inference only, the same `cfg.data` / `device` / call as the
+    module), an http(s) URL of a `.ckpt` or of a folder's file, or `hf://REPO_ID[@REV]`."""
+    from fundus2video import hub
+
+    ckpt = hub.resolve(ckpt)  # URLs and hf:// downloaded into their caches; local paths as given
+    if (folder := hub.hub_folder(ckpt)) is not None:
+        return hub.load_folder(folder, device)
     if not ckpt.is_file():
         raise UserError(f"checkpoint not found: {ckpt}")
     try:
