@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="checkpoint to write (.ckpt)")
     imp.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
     gen = sub.add_parser("generate", help="an FFA video from a colour fundus photo (or a folder of them)")
-    gen.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt), a Hub folder, a URL of either, or hf://REPO_ID[@REV]")
+    gen.add_argument("--ckpt", required=True,
+                     help="a fundus2video checkpoint (.ckpt), a Hub folder, a URL of either, or hf://REPO_ID[@REV]")
     gen.add_argument("--cf", required=True, help="a CF photo, or a folder of photos")
     gen.add_argument("--out", required=True, help="video.mp4 (one photo) or a folder (several)")
     gen.add_argument("--frames", type=int, default=None, help="frames to generate (default: the training T)")
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--dry-run", action="store_true", help="list the units and their state; train nothing")
     st.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value added to the budget")
     ev = sub.add_parser("evaluate", help="score a checkpoint on a split (metrics.json, per_case.csv, picture)")
-    ev.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt), a Hub folder, a URL of either, or hf://REPO_ID[@REV]")
+    ev.add_argument("--ckpt", required=True, help="a fundus2video checkpoint (.ckpt)")
     ev.add_argument("--data", help="phantom, a folder of case folders or a manifest CSV (default: the "
                     "checkpoint's own data, with its run's split.csv)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
