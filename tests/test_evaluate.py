@@ -100,6 +100,7 @@ def test_training_split_is_scored_deterministically(tiny, tmp_path):
     from fundus2video.data_modules.datasets import FileVideoDataset
     from fundus2video.data_modules.phantom_files import write_phantom
     from fundus2video.data_modules.transforms import PairedTransform
+
     from fundus2video.evaluate import evaluation_data
     from fundus2video.generate import load_module
 

@@ -43,7 +43,6 @@ from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import UserError
 from fundus2video.generate import load_module
 from fundus2video.knowledge import KM_THRESHOLD
-from fundus2video.metrics.kinetics import LesionKinetics, kinetics_plot
 from fundus2video.metrics.image import (
     PaperPSNR,
     PaperSSIM,
@@ -53,6 +52,7 @@ from fundus2video.metrics.image import (
     VideoSSIM,
     msssim_min_side,
 )
+from fundus2video.metrics.kinetics import LesionKinetics, kinetics_plot
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import atomic_path, write_png
 from fundus2video.visuals import enlarge, label_band, to_uint8

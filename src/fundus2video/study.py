@@ -328,7 +328,8 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
     pending = [u for u, state in todo if state != "finished"]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     for u, state in todo:
-        print(f"  {u.label:<24} {state}" + (f" (resumes {newest_checkpoint(u.unit_dir)})" if state == "partial" else ""))
+        resumes = f" (resumes {newest_checkpoint(u.unit_dir)})" if state == "partial" else ""
+        print(f"  {u.label:<24} {state}{resumes}")
     print(f"{len(todo) - len(pending)} of {len(todo)} units finished; {len(pending)} to run, {jobs} at a time, "
           f"{threads} thread(s) each; budget {spec.budget_id()}")
     if dry_run:

@@ -117,11 +117,12 @@ class LesionKinetics:
         """Per kind, over the cases that have it: mean time, real and generated curve per frame
         index (cases have the same number of frames) and the number of cases."""
         out = {}
-        for kind, items in self._curves.items():
+        order = {k: i for i, k in enumerate((*DYNAMIC_KINDS, "blocked", "nonperfusion"))}
+        for kind, items in sorted(self._curves.items(), key=lambda kv: order.get(kv[0], len(order))):
             n_frames = min(len(t) for t, _, _ in items)
-            stack = lambda i: np.stack([item[i][:n_frames] for item in items])  # noqa: E731
-            out[kind] = {"time": stack(0).mean(0), "real": stack(1).mean(0), "fake": stack(2).mean(0),
-                         "real_std": stack(1).std(0), "fake_std": stack(2).std(0), "n": len(items)}
+            time, real, fake = (np.stack([item[i][:n_frames] for item in items]) for i in range(3))
+            out[kind] = {"time": time.mean(0), "real": real.mean(0), "fake": fake.mean(0),
+                         "real_std": real.std(0), "fake_std": fake.std(0), "n": len(items)}
         return out
 
 
