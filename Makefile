@@ -10,7 +10,8 @@ RESUME ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train config demo-data data-check study study-report sweep bench test lint clean
+.PHONY: help install train config demo-data data-check study study-report sweep bench test lint clean \
+	demo browser-deps
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,7 +20,7 @@ help: ## list the targets
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+	$(PY) -m pip install --quiet -e ".[dev,export,hub]"
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install fundus2video with its pinned dependencies
@@ -54,6 +55,25 @@ bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/resul
 	  printf '"%s": ' $$name >> benchmarks/results.json.tmp; $(PY) $$f >> benchmarks/results.json.tmp; done; \
 	echo "}" >> benchmarks/results.json.tmp; mv benchmarks/results.json.tmp benchmarks/results.json; \
 	cat benchmarks/results.json
+
+# the browser demo: gradio in the [demo] extra, installed on first use (the core install stays as it is)
+CKPT ?= runs/smoke/latest/checkpoints/last.ckpt
+PORT ?= 7860
+HOST ?= 127.0.0.1
+$(VENV)/.demo-installed: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install --quiet -e ".[demo]"
+	@touch $@
+
+demo: $(VENV)/.demo-installed ## the browser demo (gradio): make demo [CKPT=runs/smoke/latest/...] [PORT=7860]
+	@$(PY) -m fundus2video.demo --ckpt $(CKPT) --port $(PORT) --host $(HOST)
+
+# what tests/test_demo.py's browser test needs: Debian's chromium and its driver (apt, only when missing;
+# sudo when not root), the [demo] extra, selenium and gradio_client
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser-deps: $(VENV)/.demo-installed ## install chromium + chromedriver (apt, when missing), selenium, gradio_client
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; fi
+	$(PY) -m pip install --quiet "selenium>=4.20,<5" gradio_client
 
 test: install ## run the test suite (what CI runs)
 	$(PY) -m pytest -q

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fundus2video import demo as demo_cli
 from fundus2video import export as export_cli
 from fundus2video import sweep as sweep_cli
 from fundus2video.config import load_config, to_plain
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--sha256", help="the file's SHA-256, for weights whose hash is not known (the I3Ds)")
     sweep_cli.add_parser(sub)
     export_cli.add_parser(sub)
+    demo_cli.add_parser(sub)
     return parser
 
 
@@ -346,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                 "data phantom": cmd_data_phantom, "data import-dicom": cmd_data_import_dicom,
                 "import-weights": cmd_import_weights,
                 "study": cmd_study, "ablation": cmd_study, "generate": cmd_generate, "sweep": sweep_cli.cmd_sweep,
-                "evaluate": cmd_evaluate, "export": export_cli.cmd_export, "weights": cmd_weights}
+                "evaluate": cmd_evaluate, "export": export_cli.cmd_export, "demo": demo_cli.cmd_demo,
+                "weights": cmd_weights}
     try:
         if hasattr(args, "overrides"):
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
