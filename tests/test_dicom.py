@@ -231,6 +231,18 @@ def test_clean_import_is_read_by_the_package_in_time_order(clean, tmp_path, caps
            "(later AcquisitionDateTime)" in table
     assert cli.main(["data", "check", str(out), "data.size=32"]) == 0
     assert "4 cases, 4 ok, 0 bad" in capsys.readouterr().out
+    # and training reads them, as `make train ARGS="data.source=folders data.root=DIR"` does
+    from fundus2video.config import load_config
+    from fundus2video.train import train
+    from tests.conftest import TINY
+
+    cfg = load_config("experiments/smoke.yaml", [*TINY, "data.source=folders", f"data.root={out}",
+                                                 "data.split.fractions=[0.5,0.25,0.25]", "optim.epochs_constant=1",
+                                                 "optim.epochs_decay=0", f"logging.root={tmp_path / 'runs'}"])
+    run_dir = train(cfg)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    split = (run_dir / "split.csv").read_text()
+    assert split.count(",train") >= 1 and f"{ALPHA}_OD" in split
 
 
 def test_dry_run_writes_nothing_and_prints_the_report(clean, tmp_path, capsys):
