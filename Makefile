@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXP ?= smoke
+EXP ?= fundus2video_cpu
 ARGS ?=
 SWEEP ?= smoke
 RESUME ?=
@@ -25,7 +25,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install fundus2video with its pinned dependencies
 
-train: install ## train an experiment: make train [EXP=smoke] [ARGS="key=value ..."] [RESUME=last|path]
+train: install ## train an experiment: make train [EXP=fundus2video_cpu] [ARGS="key=value ..."] [RESUME=last|path]
 	@$(PY) -m fundus2video train $(EXP) $(ARGS) $(if $(RESUME),--resume $(RESUME))
 
 config: install ## print an experiment's resolved configuration: make config EXP=... [ARGS=...]
@@ -57,14 +57,14 @@ bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/resul
 	cat benchmarks/results.json
 
 # the browser demo: gradio in the [demo] extra, installed on first use (the core install stays as it is)
-CKPT ?= runs/smoke/latest/checkpoints/last.ckpt
+CKPT ?= runs/fundus2video_cpu/latest/checkpoints/last.ckpt
 PORT ?= 7860
 HOST ?= 127.0.0.1
 $(VENV)/.demo-installed: $(VENV)/.installed setup.cfg
 	$(PY) -m pip install --quiet -e ".[demo]"
 	@touch $@
 
-demo: $(VENV)/.demo-installed ## the browser demo (gradio): make demo [CKPT=runs/smoke/latest/...] [PORT=7860]
+demo: $(VENV)/.demo-installed ## the browser demo (gradio): make demo [CKPT=runs/fundus2video_cpu/latest/...] [PORT=7860]
 	@$(PY) -m fundus2video.demo --ckpt $(CKPT) --port $(PORT) --host $(HOST)
 
 # what tests/test_demo.py's browser test needs: Debian's chromium and its driver (apt, only when missing;
