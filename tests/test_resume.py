@@ -118,13 +118,8 @@ def test_last_ckpt_is_the_newest_state_after_every_epoch_under_one_name(runs):
             if os.path.exists(path):
                 at_epoch_start.append(torch.load(path, weights_only=True)["fundus2video"]["video_step"])
 
-    build = train_module.build_trainer
-    train_module.build_trainer = lambda c, d, callbacks=None, loggers=False: build(c, d, [*(callbacks or []), Spy()],
-                                                                                   loggers)
-    try:
-        run_dir = train(cfg("name=epochs", "trainer.max_epochs=3", "trainer.checkpoint_every_n_batches=2"))
-    finally:
-        train_module.build_trainer = build
+    run_dir = train(cfg("name=epochs", "trainer.max_epochs=3", "trainer.checkpoint_every_n_batches=2"),
+                    extra_callbacks=[Spy()])
     assert at_epoch_start == [3, 6]  # 3 videos an epoch: epochs 1 and 2 ended with a checkpoint
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert _state(run_dir)["fundus2video"]["video_step"] == 9
