@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from fundus2video.cli import main
 from fundus2video.config import ConfigError, from_plain, load_config, to_plain
 
 # experiments (sweep files are wandb sweep configurations, validated in test_sweep.py)
@@ -84,3 +85,37 @@ def test_dry_run_prints_resolved_config():
     proc = subprocess.run([sys.executable, "-m", "fundus2video", "train", "smoke", "--dry-run",
                            "--data.size=32"], capture_output=True, text=True, check=True)
     assert OmegaConf.create(proc.stdout).data.size == 32
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", "optim.lr: -1.0 is out of range"),
+    ("data.batch_size=0", "data.batch_size: 0 is out of range (expected >= 1)"),
+    ("data.num_workers=-1", "data.num_workers: -1 is out of range (expected >= 0)"),
+    ("model.generator.ngf=0", "model.generator.ngf: 0 is out of range"),
+    ("optim.beta1=5", "optim.beta1: 5.0 is out of range (expected 0.0 <= value < 1.0)"),
+    ("data.augment.hflip=3", "data.augment.hflip: 3.0 is out of range"),
+    ("trainer.devices=0", "trainer.devices: 0 is out of range"),
+    ("model.generator.n_blocks=-3", "model.generator.n_blocks: -3 is out of range"),
+    ("data.n_frames=2", "data.n_frames: 2 frames cannot fill a window of model.window=3"),
+    ("data.phantom.n_train=0", "data.phantom.n_train: 0 is out of range"),
+    ("data.phantom.n_val=0", "data.phantom.n_val: 0 is out of range"),
+    ("trainer.checkpoint_every_n_batches=-5", "trainer.checkpoint_every_n_batches: -5 is out of range"),
+    ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu' is not one of"),
+    ("logging.fps=0", "logging.fps: 0 is out of range"),
+    ("loss.nce=-1", "loss.nce: -1.0 is out of range"),
+    ("data=5", "override: bad value for 'data'"),
+])
+def test_values_without_meaning_stop_before_anything_runs(override, message, capsys, tmp_path):
+    assert main(["train", "smoke", override, f"logging.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no run directory was made
+
+
+def test_an_experiment_file_must_be_a_mapping(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "scalar.yaml").write_text("data: 5\n")
+    with pytest.raises(ConfigError, match="list.yaml: an experiment is a mapping of sections"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="scalar.yaml: 'data' must be a mapping of keys"):
+        load_config(tmp_path / "scalar.yaml")

@@ -45,12 +45,12 @@ def _fit(cfg, callbacks=()):
 
 
 def test_one_window_changes_g_and_d_and_the_d_step_leaves_g(tiny):
-    # two frames = two windows, each a G step then a D step
-    cfg = tiny("data.n_frames=2", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+    # four frames = four windows, each a G step then a D step
+    cfg = tiny("data.n_frames=4", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=0")
     spy = _Spy()
     _fit(cfg, [spy])
-    assert [s[0] for s in spy.steps] == ["g", "d", "g", "d"]
+    assert [s[0] for s in spy.steps] == ["g", "d"] * 4
     g_start, d_start = spy.start
     _, g_before_d, d_before_d = spy.steps[1]  # after the first G step, before the D step
     _, g_after_d, d_after_d = spy.steps[2]  # after the D step, before the next G step

@@ -142,7 +142,9 @@ def test_failed_runs_are_recorded_and_ranked_last(tmp_path, monkeypatch, capsys)
         sw.run_local("experiments/sweeps/smoke.yaml", out_root=tmp_path)
     with pytest.raises(ConfigError, match="loss.l11"):
         sw.run_local("experiments/sweeps/smoke_grid.yaml", extra_overrides=["loss.l11=1"], out_root=tmp_path)
-    with pytest.raises(ConfigError, match="needs VGG19 ImageNet weights"):  # before any run
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty weights cache, and no download
+    monkeypatch.setenv("FUNDUS2VIDEO_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="needs torchvision's VGG19 ImageNet weights"):  # before any run
         sw.run_local("experiments/sweeps/fundus2video.yaml", count=1, out_root=tmp_path / "full")
     assert not (tmp_path / "full").exists()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fundus2video.errors import ConfigError
@@ -239,9 +239,9 @@ def nearest_key(key: str) -> str | None:
     return close[0] if close else None
 
 
-def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
-    key = getattr(err, "full_key", None) or ""
-    msg = getattr(err, "msg", str(err)).splitlines()[0]
+def _explain(err: OmegaConfBaseException, source: str, item: str = "") -> ConfigError:
+    key = getattr(err, "full_key", None) or item.split("=", 1)[0]
+    msg = (getattr(err, "msg", None) or str(err) or type(err).__name__).splitlines()[0]
     if "not in struct" in msg or ("Key '" in msg and "not" in msg):
         close = nearest_key(key)
         hint = f"; did you mean '{close}'?" if close else ""
@@ -269,9 +269,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OmegaConfBaseException as err:
             raise _explain(err, str(layer_path)) from None
     if overrides:
+        items = parse_overrides(overrides)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(parse_overrides(overrides)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
         except OmegaConfBaseException as err:
+            for item in items:  # name the override that does not fit
+                try:
+                    OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+                except OmegaConfBaseException as one:
+                    raise _explain(one, "override", item) from None
             raise _explain(err, "override") from None
     _check(cfg)
     OmegaConf.set_readonly(cfg, True)
@@ -282,9 +288,18 @@ def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"experiment file not found: {path}")
     try:
-        return OmegaConf.load(path)
+        loaded = OmegaConf.load(path)
     except Exception as err:  # yaml syntax errors come in many types
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: an experiment is a mapping of sections (data:, model:, ...); found a "
+                          f"{'list' if isinstance(loaded, ListConfig) else type(loaded).__name__}")
+    for section in ("data", "model", "loss", "rollout", "optim", "trainer", "logging"):
+        value = loaded.get(section)
+        if value is not None and not isinstance(value, DictConfig):
+            raise ConfigError(f"{path}: '{section}' must be a mapping of keys (e.g. {section}: {{key: value}}); "
+                              f"found {value!r}")
+    return loaded
 
 
 def _experiment_chain(path: Path) -> list[Path]:
@@ -348,6 +363,54 @@ def _check(cfg: DictConfig) -> None:
     need(cfg.rollout.ss_interval > 0, "rollout.ss_interval: must be > 0")
     need(cfg.optim.epochs_constant >= 0 and cfg.optim.epochs_decay >= 0,
          "optim.epochs_constant/epochs_decay: must be >= 0")
+    _check_ranges(cfg, need)
+
+
+def _check_ranges(cfg: DictConfig, need) -> None:
+    """Values that have the right type but no meaning: caught before any data is read or any run
+    directory is made, so nothing fails after an epoch of training."""
+    def at_least(key: str, low: int | float, why: str = "") -> None:
+        value = OmegaConf.select(cfg, key)
+        need(value >= low, f"{key}: {value} is out of range (expected >= {low}{why})")
+
+    def within(key: str, low: float, high: float, open_high: bool = False) -> None:
+        value = OmegaConf.select(cfg, key)
+        ok = low <= value < high if open_high else low <= value <= high
+        need(ok, f"{key}: {value} is out of range (expected {low} <= value {'<' if open_high else '<='} {high})")
+
+    need(cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} is out of range (expected a learning rate > 0)")
+    within("optim.beta1", 0.0, 1.0, open_high=True)
+    within("optim.beta2", 0.0, 1.0, open_high=True)
+    for key in ("data.batch_size", "model.generator.ngf", "model.discriminator.ndf", "model.discriminator.n_layers",
+                "model.discriminator.num_d", "model.generator.n_downsample", "logging.fps", "trainer.num_nodes",
+                "rollout.ss_steps", "loss.nce_patches", "loss.nce_dim", "loss.gv_patch", "data.phantom.n_train",
+                "data.phantom.n_val", "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch"):
+        at_least(key, 1)
+    for key in ("data.num_workers", "model.generator.n_blocks", "model.generator.n_blocks_local",
+                "trainer.checkpoint_every_n_batches", "logging.n_samples", "data.phantom.n_test",
+                "data.phantom.render_size", "data.manifest.per_phase"):
+        at_least(key, 0)
+    need(cfg.trainer.max_epochs >= -1, f"trainer.max_epochs: {cfg.trainer.max_epochs} is out of range "
+         "(expected -1, the schedule's epochs, or >= 0)")
+    need(cfg.data.n_frames >= cfg.model.window + 1,
+         f"data.n_frames: {cfg.data.n_frames} frames cannot fill a window of model.window={cfg.model.window} "
+         f"after the first (expected >= {cfg.model.window + 1})")
+    for key in ("hflip", "vflip", "affine_p", "blur", "photometric_p"):
+        within(f"data.augment.{key}", 0.0, 1.0)
+    for key in ("rotate", "scale", "translate", "brightness", "contrast", "saturation", "hue", "gamma"):
+        at_least(f"data.augment.{key}", 0.0)
+    for key in ("gan", "feat", "vgg", "gv", "nce", "gan_km", "att", "l1"):
+        at_least(f"loss.{key}", 0.0, ": a loss weight; 0 switches the term off")
+    need(cfg.loss.nce_temperature > 0, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of range "
+         "(expected > 0)")
+    accelerators = ("auto", "cpu", "gpu", "cuda", "mps")
+    need(cfg.trainer.accelerator in accelerators,
+         f"trainer.accelerator: '{cfg.trainer.accelerator}' is not one of {', '.join(accelerators)}")
+    devices = cfg.trainer.devices
+    need(devices == "auto" or isinstance(devices, ListConfig) or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1
+         or devices == -1)) or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit()),
+         f"trainer.devices: {devices!r} is out of range (expected auto, -1 (all), a count >= 1 or a list "
+         "like '0,1')")
 
 
 def to_plain(cfg: DictConfig) -> dict:
