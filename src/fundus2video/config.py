@@ -407,8 +407,9 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     need(cfg.trainer.accelerator in accelerators,
          f"trainer.accelerator: '{cfg.trainer.accelerator}' is not one of {', '.join(accelerators)}")
     devices = cfg.trainer.devices
-    need(devices == "auto" or isinstance(devices, ListConfig) or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1
-         or devices == -1)) or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit()),
+    count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
+    listed = isinstance(devices, ListConfig) or (isinstance(devices, str) and devices.replace(",", "").isdigit())
+    need(devices == "auto" or count or listed,
          f"trainer.devices: {devices!r} is out of range (expected auto, -1 (all), a count >= 1 or a list "
          "like '0,1')")
 

@@ -353,8 +353,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def cmd_demo(args: argparse.Namespace) -> int:
     # the cheap checks first: a wrong path or a missing extra fails at once, before torch and the checkpoint load
     if "://" not in args.ckpt and not Path(args.ckpt).exists():  # URLs and hf:// are load_module's to fetch
-        raise UserError(f"checkpoint not found: {args.ckpt} (make train writes runs/fundus2video_cpu/latest/checkpoints/"
-                        "last.ckpt)")
+        raise UserError(f"checkpoint not found: {args.ckpt} (make train writes "
+                        "runs/fundus2video_cpu/latest/checkpoints/last.ckpt)")
     _gradio()
     serve(args.ckpt, args.host, args.port, args.device, args.bf16, args.max_queue)
     return 0
