@@ -188,3 +188,36 @@ def test_bf16_generation_is_close_to_fp32_and_finite(tmp_path, kba_module, photo
         assert b.dtype == torch.float32 and torch.isfinite(b).all()
         assert 0 < (b - f).abs().mean() < 0.05  # > 0: autocast did act
     assert read_video(tmp_path / "bf16" / "p1.mp4").shape[0] == 4
+
+
+def test_outputs_never_replace_an_input_or_each_other(tmp_path, ckpt, capsys):
+    from fundus2video.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _photo(folder / "a.png", index=1)
+    _photo(folder / "a.jpg", index=2)  # the same stem: two videos, not one
+    assert main(["generate", "--ckpt", str(ckpt), "--cf", str(folder), "--out", str(tmp_path / "v"),
+                 "--frames", "4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["a_jpg.mp4", "a_png.mp4"]
+    capsys.readouterr()
+    photo = _photo(tmp_path / "eye_strip.png")
+    before = photo.read_bytes()
+    bad = [
+        (["--cf", str(photo), "--out", str(tmp_path / "eye.mp4"), "--strip"], "would overwrite the input photo"),
+        (["--cf", str(folder), "--out", str(tmp_path / "x.mp4")], "2 photos need a folder, not a file name"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.gif")], "expected a .mp4 file name"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.avi")], "expected a .mp4 file name"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--frames", "0"], "--frames must be at least 1"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "0"], "--fps must be at least 1"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "-3"], "--fps must be at least 1"),
+    ]
+    if not torch.cuda.is_available():
+        bad.append((["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--device", "cuda"], "has no CUDA GPU"))
+    for args, message in bad:
+        assert main(["generate", "--ckpt", str(ckpt), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert photo.read_bytes() == before
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.gif").exists()
+    assert not (tmp_path / "eye.mp4").exists()

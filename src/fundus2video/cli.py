@@ -143,15 +143,22 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
-    from fundus2video.generate import generate_videos, load_module, photos_in
+    from fundus2video.generate import generate_videos, load_module, output_targets, photos_in
 
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames must be at least 1, got {args.frames}")
+    if args.fps < 1:
+        raise UserError(f"--fps must be at least 1 frame per second, got {args.fps}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: this machine has no CUDA GPU (torch {torch.__version__}); use "
+                        "--device cpu")
     photos = photos_in(args.cf)
-    module = load_module(args.ckpt, args.device)
-    out = Path(args.out)
     formats = ("mp4", "gif") if args.gif else ("mp4",)
-    targets = [out / f"{p.stem}.mp4" if len(photos) > 1 or out.is_dir() else out for p in photos]
+    targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side)
+    module = load_module(args.ckpt, args.device)
     results = generate_videos(module, photos, targets, args.frames, formats, args.fps, args.strip, args.side_by_side,
                               batch=args.batch, bf16=args.bf16)
     for result in tqdm(results, desc="generating", unit="photo", total=len(photos), disable=len(photos) == 1):

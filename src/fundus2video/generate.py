@@ -127,12 +127,14 @@ def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
     """
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
-    t = n_frames or module.cfg.data.n_frames
+    t = module.cfg.data.n_frames if n_frames is None else n_frames
     if t < 1:
         raise UserError(f"--frames must be at least 1, got {t}")
+    if fps < 1:
+        raise UserError(f"--fps must be at least 1 frame per second, got {fps}")
     photos = [Path(p) for p in photos]
     if isinstance(out, str | Path):
-        targets = [Path(out) / f"{p.stem}.mp4" for p in photos]
+        targets = folder_targets(photos, Path(out))
     else:
         targets = [Path(o) for o in out]
         if len(targets) != len(photos):
@@ -173,6 +175,40 @@ def generate_video(module: Fundus2VideoModule, cf_path: str | Path, out: str | P
     extras are written next to it with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`)."""
     (result,) = generate_videos(module, [cf_path], [out], n_frames, formats, fps, strip, side_by_side, bf16=bf16)
     return result
+
+
+def folder_targets(photos: Sequence[Path], folder: Path) -> list[Path]:
+    """`<folder>/<stem>.mp4` per photo; photos that share a stem (a.png, a.jpg) get their extension
+    into the name (a_png.mp4, a_jpg.mp4), so no video replaces another."""
+    stems = [p.stem for p in photos]
+    return [folder / (f"{p.stem}_{p.suffix[1:].lower()}.mp4" if stems.count(p.stem) > 1 else f"{p.stem}.mp4")
+            for p in photos]
+
+
+def output_targets(photos: Sequence[Path], out: Path, formats: tuple[str, ...] = ("mp4",), strip: bool = False,
+                   side_by_side: bool = False) -> list[Path]:
+    """The video path of each photo for `--out`, after checking that nothing written (videos and
+    extras) would land on an input photo: one photo and `--out` a `.mp4`, or a folder."""
+    several = len(photos) > 1 or out.is_dir()
+    if several:
+        if out.suffix and not out.is_dir():
+            raise UserError(f"--out {out}: {len(photos)} photos need a folder, not a file name")
+        targets = folder_targets(photos, out)
+    else:
+        if out.suffix.lower() != ".mp4":
+            raise UserError(f"--out {out}: expected a .mp4 file name (--gif writes a .gif beside it) or a folder, "
+                            f"found '{out.suffix or 'no extension'}'")
+        targets = [out]
+    inputs = {p.resolve(): p for p in photos}
+    for target in targets:
+        stem = target.with_suffix("")
+        written = [stem.with_suffix(f".{fmt}") for fmt in formats]
+        written += [Path(f"{stem}_strip.png")] * strip + [Path(f"{stem}_sbs.mp4")] * side_by_side
+        for path in written:
+            if path.resolve() in inputs:
+                raise UserError(f"{path}: would overwrite the input photo {inputs[path.resolve()]}; "
+                                "choose another --out")
+    return targets
 
 
 def photos_in(path: str | Path) -> list[Path]:
