@@ -32,8 +32,8 @@ config: install ## print an experiment's resolved configuration: make config EXP
 	@$(PY) -m fundus2video config $(EXP) $(ARGS)
 
 demo-data: install ## write the phantom to demo_data/ as case folders (mp4 and png layouts)
-	$(PY) -m fundus2video data phantom --out demo_data/phantom --cases 56 --size 128 --frames 8 --video mp4
-	$(PY) -m fundus2video data phantom --out demo_data/phantom_png --cases 56 --size 128 --frames 8 --video png
+	$(PY) -m fundus2video data phantom --out demo_data/phantom --cases 56 --size 128 --frames 8 --video mp4 --overwrite
+	$(PY) -m fundus2video data phantom --out demo_data/phantom_png --cases 56 --size 128 --frames 8 --video png --overwrite
 
 data-check: install ## read every case of DATA (a folder or manifest CSV) and list bad ones: make data-check DATA=...
 	@$(PY) -m fundus2video data check $(DATA) $(ARGS)

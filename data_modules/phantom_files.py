@@ -8,22 +8,44 @@
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 from fundus2video.data_modules.phantom import make_case
 from tqdm import tqdm
 
+from fundus2video.errors import UserError
 from fundus2video.video_io import atomic_path, write_mp4, write_png
+
+
+def _phantom_entries(out: Path) -> list[Path] | None:
+    """What a previous `write_phantom` left in `out` (case folders and cases.csv), or None when the
+    folder holds anything else."""
+    entries = list(out.iterdir()) if out.is_dir() else [out]
+    ours = [e for e in entries if (e.is_dir() and re.fullmatch(r"phantom\d+", e.name)) or e.name == "cases.csv"]
+    return ours if len(ours) == len(entries) else None
 
 
 def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int = 12,
                   video: str = "mp4", seed: int = 0, start: int = 0, fps: int = 4,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, overwrite: bool = False) -> Path:
     """Cases `start .. start + n_cases - 1` of the phantom as case folders under `out`."""
     if video not in ("mp4", "png"):
         raise ValueError(f"video must be 'mp4' or 'png', got '{video}'")
     out = Path(out)
+    if n_cases < 1:
+        raise UserError(f"--cases: {n_cases} (expected at least 1)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        old = _phantom_entries(out)
+        if not overwrite or old is None:
+            raise UserError(f"--out {out}: exists and is not empty; " + (
+                "add --overwrite to replace the phantom written there" if old is not None else
+                "it holds files that are not a phantom written by fundus2video, so it is never replaced"))
+        # the old case folders go entirely: new CFs must never be paired with old frames
+        for entry in old:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     rows = []
     for i in tqdm(range(start, start + n_cases), desc=f"writing phantom ({video})", unit="case",
                   disable=not progress, leave=False):

@@ -142,3 +142,12 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path):
     with pytest.raises(UserError, match=re.escape(f"{junk}: not a fundus2video checkpoint (UnpicklingError")):
         export_generator(junk, tmp_path / "g.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.ckpt"]
+
+
+def test_export_never_writes_over_its_checkpoint(ckpt, tmp_path):
+    before = ckpt.read_bytes()
+    link = tmp_path / "same.ckpt"
+    link.symlink_to(ckpt)  # another name for the same file
+    proc = _cli("--ckpt", ckpt, "--out", link)
+    assert proc.returncode == 2 and "writing it would replace the input" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and ckpt.read_bytes() == before

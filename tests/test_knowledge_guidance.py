@@ -165,6 +165,11 @@ def test_import_weights_round_trip_and_mismatch(tmp_path, full):
         import_weights(full("model.generator.ngf=16"), tmp_path / "latest_net_G.pth", tmp_path / "bad.ckpt")
     with pytest.raises(UserError, match="weights file not found"):
         import_weights(cfg, tmp_path / "nope.pth", tmp_path / "bad.ckpt")
+    before = (tmp_path / "latest_net_G.pth").read_bytes()
+    for out in ("latest_net_G.pth", "latest_net_D.pth"):  # never written over the release's files
+        with pytest.raises(UserError, match="writing it would replace the input"):
+            import_weights(cfg, tmp_path / "latest_net_G.pth", tmp_path / out, tmp_path / "latest_net_D.pth")
+    assert (tmp_path / "latest_net_G.pth").read_bytes() == before
 
 
 def test_import_weights_cli(tmp_path, full):

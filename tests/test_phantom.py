@@ -193,3 +193,24 @@ def test_fast_enough():
     for index in range(3):
         make_case(100 + index, size=128)
     assert (time.perf_counter() - start) / 3 < 0.3  # budget 60 ms; loose for busy CI machines
+
+
+def test_writing_the_phantom_over_a_folder(tmp_path, capsys):
+    """An existing phantom is replaced only with --overwrite, and then entirely (no old frames are
+    left to pair with new photos); a folder holding anything else is never replaced."""
+    from fundus2video.cli import main
+
+    out = tmp_path / "ph"
+    args = ["data", "phantom", "--out", str(out), "--size", "48", "--frames", "4", "--video", "png"]
+    assert main([*args, "--cases", "2", "--seed", "1"]) == 0
+    assert main([*args, "--cases", "2", "--seed", "2"]) == 2
+    assert "add --overwrite" in capsys.readouterr().err
+    old_frame = (out / "phantom0000" / "ffa" / "003.png").read_bytes()
+    assert main([*args, "--cases", "1", "--seed", "2", "--overwrite", "--frames", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cases.csv", "phantom0000"]
+    assert not (out / "phantom0000" / "ffa" / "003.png").exists() and old_frame
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--cases", "1", "--overwrite"]) == 2
+    assert "never replaced" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+    assert main(["data", "phantom", "--out", str(tmp_path / "neg"), "--cases", "-2"]) == 2
+    assert "--cases: -2" in capsys.readouterr().err and not (tmp_path / "neg").exists()

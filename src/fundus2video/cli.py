@@ -88,7 +88,7 @@ def cmd_data_phantom(args: argparse.Namespace) -> int:
     from fundus2video.data_modules.phantom_files import write_phantom
 
     out = write_phantom(args.out, args.cases, size=args.size, n_frames=args.frames, video=args.video,
-                        seed=args.seed)
+                        seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.cases} phantom cases ({args.video}, {args.size} px, {args.frames} frames) to {out}")
     return 0
 
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--frames", type=int, default=12, help="FFA frames per case")
     ph.add_argument("--video", choices=("mp4", "png"), default="mp4", help="ffa.mp4 or ffa/NNN.png")
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--overwrite", action="store_true", help="replace a phantom already written to --out")
     dcm = data_sub.add_parser("import-dicom", help="turn clinical DICOM (CF photos, angiograms) into case folders",
                               description="Read Ophthalmic Photography DICOM under SRC (headers first), pair each "
                               "eye's colour photo with its angiogram frames in acquisition order and write "

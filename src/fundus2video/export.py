@@ -196,6 +196,9 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():  # checked before the slow imports: a mistyped path is answered at once
         raise UserError(f"checkpoint not found: {ckpt}")
+    from fundus2video.video_io import refuse_input_as_output
+
+    refuse_input_as_output("--out", [out, f"{out}.json"], [ckpt])
     import torch
 
     from fundus2video.generate import load_module

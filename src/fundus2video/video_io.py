@@ -39,6 +39,18 @@ def atomic_path(path: str | Path):
             os.remove(tmp)
 
 
+def refuse_input_as_output(flag: str, outputs: list[str | Path], inputs: list[str | Path | None]) -> None:
+    """Stop (UserError) when a file to be written is one of the inputs: writing it would destroy
+    what the user gave. Compared after resolving links and relative paths."""
+    from fundus2video.errors import UserError
+
+    given = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
+    for out in outputs:
+        if Path(out).resolve() in given:
+            raise UserError(f"{flag} {out}: is the input {given[Path(out).resolve()]}; writing it would replace the "
+                            "input (choose another path)")
+
+
 def _even(frames: np.ndarray) -> np.ndarray:
     """Pad (T, H, W, 3) to even H and W (H.264 with yuv420p needs them)."""
     _, h, w, _ = frames.shape

@@ -20,7 +20,7 @@ from fundus2video.config import to_plain
 from fundus2video.errors import UserError
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.networks.discriminator import pix2pixhd_key
-from fundus2video.video_io import atomic_path
+from fundus2video.video_io import atomic_path, refuse_input_as_output
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -76,6 +76,7 @@ def import_weights(cfg, net_g: str | Path, out: str | Path, net_d: str | Path | 
     The checkpoint holds the config as plain data, so `Fundus2VideoModule.load_from_checkpoint`
     restores it anywhere; D keeps its initialisation when `net_d` is not given.
     """
+    refuse_input_as_output("--out", [out], [net_g, net_d])
     module = Fundus2VideoModule(to_plain(cfg))
     kept = _load_mapped(module.generator, read_state_dict(net_g), generator_key, Path(net_g),
                         optional_prefixes=("attention.", "global_net.attention."))
