@@ -44,14 +44,21 @@ class ResumableCheckpoint(L.Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_batches = every_n_batches
         self.stopped_by_sigterm = False
+        self.signal = ""  # the signal that stopped training (SIGTERM, or SIGINT: Ctrl-C)
+        self.interrupt_requested = False  # set by train's SIGINT handler
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.received_sigterm:
+        if trainer.received_sigterm or self.interrupt_requested:
+            self.signal = "SIGTERM" if trainer.received_sigterm else "SIGINT"
             trainer.save_checkpoint(self.path)
-            log.warning("SIGTERM: saved %s after %d training videos; stopping", self.path,
+            log.warning("%s: saved %s after %d training videos; stopping", self.signal, self.path,
                         getattr(pl_module, "video_step", -1))
             self.stopped_by_sigterm = True
             trainer.should_stop = True
+            if self.signal == "SIGINT":
+                # leave at once, as Lightning does after SIGTERM: a graceful stop would end the epoch and
+                # write an epoch-end checkpoint over this one, as if the epoch's other videos were seen
+                raise SystemExit(130)
         elif self.every_n_batches and (batch_idx + 1) % self.every_n_batches == 0:
             trainer.save_checkpoint(self.path)

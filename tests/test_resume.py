@@ -77,6 +77,27 @@ def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypat
     _assert_same_training(_state(straight), _state(resumed))
 
 
+class _CtrlCAt(L.Callback):
+    def __init__(self, video: int):
+        self.video = video
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.video_step == self.video:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_saves_like_sigterm_and_resumes_exactly(runs):
+    cfg, straight = runs
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted, match="stopped by SIGINT") as stop:
+        train(cfg("name=ctrlc", "trainer.max_epochs=2"), extra_callbacks=[_CtrlCAt(2)])
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C behaves as usual again
+    saved = torch.load(stop.value.checkpoint, weights_only=True)
+    assert saved["fundus2video"]["video_step"] == 2  # the interrupted video finished, then saved
+    resumed = train(cfg("name=ctrlc", "trainer.max_epochs=2"), resume=resolve_resume(cfg("name=ctrlc"), "last"))
+    _assert_same_training(_state(straight), _state(resumed))
+
+
 def test_one_seed_fixes_the_run_and_deterministic_option_changes_nothing(runs):
     cfg, straight = runs
     again = train(cfg("name=again", "trainer.max_epochs=2", "trainer.deterministic=true"))

@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = train(cfg, resume)
     except Interrupted as stop:
         print(f"\n{stop}\nresume with: fundus2video train {args.experiment} --resume {stop.checkpoint}")
-        return 143  # 128 + SIGTERM, the status a job killed by the signal would have
+        return 130 if stop.signal == "SIGINT" else 143  # 128 + the signal: the status a killed job would have
     print(f"\nrun directory: {run_dir}\n"
           f"  config.yaml, checkpoints/last.ckpt, metrics.csv, knowledge_masks.png,\n"
           f"  samples/last.mp4 and samples/last.gif (CF | real FFA | generated FFA)")

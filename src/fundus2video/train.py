@@ -14,12 +14,15 @@ A run directory `<logging.root>/<name>/<YYYYmmdd-HHMMSS>` receives:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 from datetime import datetime
 from importlib.metadata import version
@@ -230,11 +233,31 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGTERM after saving `checkpoint`."""
+    """Training stopped on SIGTERM or Ctrl-C (SIGINT) after saving `checkpoint`."""
 
-    def __init__(self, run_dir: Path, checkpoint: Path):
-        super().__init__(f"stopped by SIGTERM; checkpoint saved: {checkpoint}")
-        self.run_dir, self.checkpoint = run_dir, checkpoint
+    def __init__(self, run_dir: Path, checkpoint: Path, signal_name: str = "SIGTERM"):
+        super().__init__(f"stopped by {signal_name}; checkpoint saved: {checkpoint}")
+        self.run_dir, self.checkpoint, self.signal = run_dir, checkpoint, signal_name
+
+
+@contextlib.contextmanager
+def _ctrl_c_saves(resumable: ResumableCheckpoint):
+    """The first Ctrl-C asks for what SIGTERM does (finish the video, save, stop); a second one
+    interrupts at once, as usual. Only the main thread can install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum, frame):
+        log.warning("Ctrl-C: saving a checkpoint after this video and stopping (Ctrl-C again to quit at once)")
+        resumable.interrupt_requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: list | None = None) -> Path:
@@ -267,11 +290,12 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     ]
     trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir, info))
     try:
-        trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule,
-                    ckpt_path=str(resume) if resume else None, weights_only=True)
+        with _ctrl_c_saves(resumable):
+            trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule,
+                        ckpt_path=str(resume) if resume else None, weights_only=True)
     except SystemExit:  # Lightning's SIGTERMException, raised after our checkpoint was written
         if not resumable.stopped_by_sigterm:
             raise
     if resumable.stopped_by_sigterm:
-        raise Interrupted(run_dir, resumable.path)
+        raise Interrupted(run_dir, resumable.path, resumable.signal)
     return run_dir
