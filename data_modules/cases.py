@@ -135,23 +135,65 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def read_csv_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV as people's tools write it: UTF-8 with or without Excel's byte
+    order mark; a row with fewer or more fields than the header, or a byte that is not UTF-8,
+    stops with the line named (never a guess at the encoding)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise CaseError(f"{path}:{line}: byte 0x{data[err.start]:02x} is not UTF-8 (save the CSV as UTF-8; "
+                        "Excel: 'CSV UTF-8')") from None
+    reader = csv.DictReader(text.splitlines())  # extra fields go under the key None, missing ones are None
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            raise CaseError(f"{path}:{line}: {len(reader.fieldnames) + len(row[None])} fields, the header has "
+                            f"{len(reader.fieldnames)}")
+        if any(v is None for v in row.values()):
+            given = sum(v is not None for v in row.values())
+            raise CaseError(f"{path}:{line}: {given} fields, the header has {len(reader.fieldnames)}")
+        rows.append((line, row))
+    return rows
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CaseError(f"{where}: '{text}' is not a number") from None
+    if not np.isfinite(value):
+        raise CaseError(f"{where}: '{text}' is not a finite number")
+    return value
+
+
 def _read_cases_csv(root: Path) -> dict[str, dict]:
     path = root / "cases.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "case_id" not in rows[0]:
-        raise CaseError(f"{path}: expected a case_id column (optional: patient_id, eye, times)")
-    out = {}
-    for row in rows:
+    rows = read_csv_rows(path)
+    if rows and "case_id" not in rows[0][1]:
+        raise CaseError(f"{path}: expected a case_id column (optional: patient_id, eye, times); found "
+                        f"{', '.join(rows[0][1])}")
+    out: dict[str, dict] = {}
+    first_line: dict[str, int] = {}
+    for line, row in rows:
+        case_id = row["case_id"].strip()
+        if not case_id:
+            raise CaseError(f"{path}:{line}: empty case_id")
+        if case_id in out:  # a second row would silently change the case's patient, eye or times
+            raise CaseError(f"{path}:{line}: case {case_id} is listed twice (also on line {first_line[case_id]})")
+        if "patient_id" in row and not row["patient_id"].strip():
+            raise CaseError(f"{path}:{line}: case {case_id}: empty patient_id (splits group cases by patient)")
         times = row.get("times") or ""
-        try:
-            parsed = [float(t) for t in times.split(";") if t.strip()] or None
-        except ValueError:
-            raise CaseError(f"{path}: case {row['case_id']}: times must be numbers separated by ';'") from None
-        out[row["case_id"]] = {"patient_id": row.get("patient_id") or row["case_id"],
-                               "eye": row.get("eye") or "", "times": parsed}
+        parsed = [_number(t.strip(), f"{path}:{line}: case {case_id}: times") for t in times.split(";")
+                  if t.strip()] or None
+        out[case_id] = {"patient_id": (row.get("patient_id") or case_id).strip(),
+                        "eye": (row.get("eye") or "").strip(), "times": parsed}
+        first_line[case_id] = line
     return out
 
 
@@ -191,32 +233,41 @@ def manifest_records(csv_path: str | Path, columns: dict, drop_phases: list[str]
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise CaseError(f"manifest not found: {csv_path}")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_rows(csv_path)
     if not rows:
         raise CaseError(f"{csv_path}: the manifest has no rows")
-    missing = [f"{ours}='{theirs}'" for ours, theirs in columns.items() if theirs not in rows[0]]
+    missing = [f"{ours}='{theirs}'" for ours, theirs in columns.items() if theirs not in rows[0][1]]
     if missing:
         raise CaseError(f"{csv_path}: columns not found: {', '.join(missing)} "
-                        f"(the CSV has: {', '.join(rows[0])}; set data.manifest.columns)")
+                        f"(the CSV has: {', '.join(rows[0][1])}; set data.manifest.columns)")
     base = csv_path.parent
     cases: dict[str, CaseRecord] = {}
-    for i, row in enumerate(rows, start=2):
+    seen_frames: dict[tuple[str, str], int] = {}
+    dropped = 0
+    for i, row in rows:
         phase = row[columns["phase"]].strip()
         if phase in drop_phases:
+            dropped += 1
             continue
         phase = merge_phases.get(phase, phase)
-        try:
-            time = float(row[columns["time"]])
-        except ValueError:
-            raise CaseError(f"{csv_path}:{i}: time '{row[columns['time']]}' is not a number") from None
+        time = _number(row[columns["time"]].strip(), f"{csv_path}:{i}: time")
         patient, eye = row[columns["patient"]].strip(), row[columns["eye"]].strip()
+        if not patient:
+            raise CaseError(f"{csv_path}:{i}: empty patient id (column '{columns['patient']}')")
+        key = (f"{patient}_{eye}", row[columns["frame"]].strip())
+        if key in seen_frames:
+            raise CaseError(f"{csv_path}:{i}: frame {key[1]} of {key[0]} is listed twice (also on line "
+                            f"{seen_frames[key]})")
+        seen_frames[key] = i
         case_id = f"{patient}_{eye}" if eye else patient
         rec = cases.setdefault(case_id, CaseRecord(case_id, patient, eye, base / row[columns["cf"]]))
         if rec.cf != base / row[columns["cf"]] and not rec.problem:
             rec.problem = (f"duplicate case id: manifest rows of {case_id} name two CF photos "
                            f"({rec.cf.name}, {row[columns['cf']]}; line {i})")
         rec.frames.append(Frame(base / row[columns["frame"]], time=time, phase=phase))
+    if not cases:
+        raise CaseError(f"{csv_path}: all {dropped} rows have a phase in data.manifest.drop_phases "
+                        f"{list(drop_phases)}: no frames left")
     for rec in cases.values():
         rec.frames.sort(key=lambda fr: fr.time)
     return list(cases.values())

@@ -4,6 +4,7 @@ import csv
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.splits import read_split, split_by_patient, write_split
 
 from fundus2video.config import to_plain
-from fundus2video.errors import DataError
+from fundus2video.errors import CaseError, DataError
 
 K = 3
 
@@ -224,3 +225,47 @@ def test_data_check_cli_names_the_broken_case(tmp_path):
     assert "case" in proc.stdout.splitlines()[0] and "roi" in proc.stdout.splitlines()[0]
     assert "BAD phantom0002: unreadable image" in proc.stdout
     assert "4 cases, 3 ok, 1 bad" in proc.stdout
+
+
+def _manifest(tmp_path, rows: list[str], header: str = "patient_id,eye,cf_path,frame_path,phase,time",
+              encoding: str = "utf-8") -> Path:
+    path = tmp_path / "m.csv"
+    path.write_bytes("\n".join([header, *rows]).encode(encoding) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("rows, header, encoding, message", [
+    (["Müller,OD,cf.png,f1.png,E,1"], None, "latin-1", "m.csv:2: byte 0xfc is not UTF-8"),
+    (["P1,OD,cf.png,f1.png,E"], None, "utf-8", "m.csv:2: 5 fields, the header has 6"),
+    (["P1,OD,cf.png,f1.png,E,1,extra"], None, "utf-8", "m.csv:2: 7 fields, the header has 6"),
+    (["P1,OD,cf.png,f1.png,E,1", "P1,OD,cf.png,f1.png,E,1"], None, "utf-8", "m.csv:3: frame f1.png of P1_OD is "
+     "listed twice (also on line 2)"),
+    ([",OD,cf.png,f1.png,E,1"], None, "utf-8", "m.csv:2: empty patient id"),
+    (["P1,OD,cf.png,f1.png,E,nan"], None, "utf-8", "m.csv:2: time: 'nan' is not a finite number"),
+    (["P1,OD,cf.png,f1.png,A,1", "P1,OD,cf.png,f2.png,C,2"], None, "utf-8", "all 2 rows have a phase in "
+     "data.manifest.drop_phases"),
+])
+def test_manifest_csvs_from_the_real_world(tmp_path, rows, header, encoding, message):
+    from fundus2video.data_modules.cases import manifest_records
+
+    path = _manifest(tmp_path, rows, header or "patient_id,eye,cf_path,frame_path,phase,time", encoding)
+    columns = {"patient": "patient_id", "eye": "eye", "cf": "cf_path", "frame": "frame_path", "phase": "phase",
+               "time": "time"}
+    with pytest.raises(CaseError) as err:
+        manifest_records(path, columns, ["A", "C"], {"AV": "V"})
+    assert message in str(err.value)
+
+
+def test_an_excel_bom_is_read_and_a_cases_csv_row_listed_twice_is_refused(tmp_path):
+    from fundus2video.data_modules.cases import _read_cases_csv, manifest_records
+
+    path = _manifest(tmp_path, ["P1,OD,cf.png,f1.png,E,1"], encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    columns = {"patient": "patient_id", "eye": "eye", "cf": "cf_path", "frame": "frame_path", "phase": "phase",
+               "time": "time"}
+    assert [r.case_id for r in manifest_records(path, columns, [], {})] == ["P1_OD"]
+    (tmp_path / "cases.csv").write_text("case_id,patient_id,eye,times\nc1,P1,OD,\nc1,P2,OD,\n")
+    with pytest.raises(CaseError, match=r"cases.csv:3: case c1 is listed twice \(also on line 2\)"):
+        _read_cases_csv(tmp_path)
+    (tmp_path / "cases.csv").write_text("case_id,patient_id,eye,times\nc1,,OD,\n")
+    with pytest.raises(CaseError, match="c1: empty patient_id"):
+        _read_cases_csv(tmp_path)
