@@ -86,10 +86,37 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+MIN_CF_SIDE = 16  # below this a photo holds no fundus worth a frame (data.size is at least 16 too)
+MIN_CF_STD = 4.0  # grey levels: a uniform picture (white, black, grey) has no anatomy
+RED_OVER_GREEN, RED_OVER_BLUE = 1.15, 1.3  # a colour fundus photo is orange-red inside its field of view
+
+
+def check_fundus_photo(rgb: np.ndarray, path: Path | str) -> None:
+    """Stop (CaseError) at what no colour fundus photo is: tiny, uniform inside its field of view,
+    or not orange-red there (noise, grey-scale or most other pictures). rgb (H, W, 3) uint8."""
+    from fundus2video.knowledge import fov_mask
+
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_CF_SIDE:
+        raise CaseError(f"{path}: the colour fundus photo is {w}x{h} (expected at least {MIN_CF_SIDE} pixels a side)")
+    roi = fov_mask(rgb)
+    if not roi.any():
+        return  # the field-of-view step reports an empty field of view in its own words
+    inside = rgb[roi].astype(np.float32)
+    std = float(inside.std(axis=0).max())
+    if std < MIN_CF_STD:
+        raise CaseError(f"{path}: the photo is uniform (std {std:.1f} grey levels): not a colour fundus photo?")
+    r, g, b = (float(v) for v in inside.mean(axis=0))
+    if r < RED_OVER_GREEN * g or r < RED_OVER_BLUE * b:
+        raise CaseError(f"{path}: the field of view is not orange-red (mean R, G, B = {r:.0f}, {g:.0f}, {b:.0f}): "
+                        "not a colour fundus photo?")
+
+
 def read_cf(path: Path) -> np.ndarray:
     img = read_image(path)
     if img.ndim != 3:
         raise CaseError(f"{path}: the colour fundus photo is grayscale (expected RGB)")
+    check_fundus_photo(img, path)
     return img
 
 

@@ -130,7 +130,8 @@ def _bad_case_root(tmp_path):
     (root / "phantom0001" / "ffa" / "002.png").write_bytes(b"not a png")  # unreadable
     for f in sorted((root / "phantom0002" / "ffa").iterdir())[2:]:  # fewer than K + 1 frames
         f.unlink()
-    cv2.imwrite(str(root / "phantom0003" / "cf.png"), np.zeros((48, 96, 3), np.uint8) + 80)  # aspect
+    stretched = cv2.resize(cv2.imread(str(root / "phantom0003" / "cf.png")), (96, 48))
+    cv2.imwrite(str(root / "phantom0003" / "cf.png"), stretched)  # a fundus photo of another aspect than its frames
     cv2.imwrite(str(root / "phantom0004" / "cf.png"), np.zeros((48, 48, 3), np.uint8))  # empty ROI
     cv2.imwrite(str(root / "phantom0005" / "ffa" / "003.png"), np.zeros((48, 48), np.uint8))  # black
     return root
@@ -269,3 +270,20 @@ def test_an_excel_bom_is_read_and_a_cases_csv_row_listed_twice_is_refused(tmp_pa
     (tmp_path / "cases.csv").write_text("case_id,patient_id,eye,times\nc1,,OD,\n")
     with pytest.raises(CaseError, match="c1: empty patient_id"):
         _read_cases_csv(tmp_path)
+
+
+@pytest.mark.parametrize("picture, message", [
+    (np.full((256, 256, 3), 255, np.uint8), "uniform"),
+    (np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8), "not orange-red"),
+    (np.full((1, 1, 3), (40, 60, 200), np.uint8), "1x1 (expected at least 16 pixels a side)"),
+])
+def test_pictures_that_are_no_fundus_photo_are_refused(tmp_path, picture, message, capsys):
+    """In data check (and so in training) and in generate alike: the photo is read in one place."""
+    from fundus2video.cli import main
+
+    root = write_phantom(tmp_path / "data", 1, size=48, n_frames=4, video="png", progress=False)
+    cv2.imwrite(str(root / "phantom0000" / "cf.png"), picture)
+    report = _check(folder_records(root))[0]
+    assert not report.ok and message in report.problem
+    assert main(["data", "check", str(root), "data.size=32"]) == 1
+    assert message in capsys.readouterr().out

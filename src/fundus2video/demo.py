@@ -41,7 +41,6 @@ MIN_DISPLAY_SIDE = 256  # and small ones enlarged (nearest pixel) to at least th
 MAX_UPLOAD = "25mb"
 # a colour fundus photo is orange-red inside its field of view (the phantom's and real photos' mean R
 # is >= 2 x G and >= 4 x B); white, grey, noise and most non-fundus pictures are not
-RED_OVER_GREEN, RED_OVER_BLUE, MIN_STD = 1.15, 1.3, 4.0
 INSTALL_HINT = "the demo needs gradio: pip install 'fundus2video[demo]'"
 
 
@@ -75,19 +74,11 @@ class DemoResult:
 
 
 def check_fundus_like(rgb: np.ndarray) -> None:
-    """Raise UserError when a photo `prepare_photo` accepts (a field of view found) still does not
-    look like a colour fundus photo: uniform (white, grey) or not red inside the field of view (noise,
-    grey-scale, most other pictures). rgb (H, W, 3) uint8."""
-    from fundus2video.knowledge import fov_mask
+    """The data's own check of a colour fundus photo (uniform, not orange-red), with the message
+    shown in the page."""
+    from fundus2video.data_modules.cases import check_fundus_photo
 
-    inside = rgb[fov_mask(rgb)].astype("float32")
-    std = float(inside.std(axis=0).max())
-    if std < MIN_STD:
-        raise UserError(f"the photo is uniform (std {std:.1f} grey levels): not a fundus photo?")
-    r, g, b = (float(v) for v in inside.mean(axis=0))
-    if r < RED_OVER_GREEN * g or r < RED_OVER_BLUE * b:
-        raise UserError(f"the field of view is not orange-red (mean R, G, B = {r:.0f}, {g:.0f}, {b:.0f}): "
-                        "not a colour fundus photo?")
+    check_fundus_photo(rgb, "the photo")
 
 
 def fov_picture(rgb: np.ndarray, prepared: torch.Tensor) -> np.ndarray:
