@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fundus2video.errors import DataError
 from fundus2video.video_io import atomic_path
 
 SPLITS = ("train", "val", "test")
@@ -52,21 +53,26 @@ def write_split(path: str | Path, patients: dict[str, str], split: dict[str, str
 
 def read_split(path: str | Path, patients: dict[str, str]) -> dict[str, str]:
     """Read a `split.csv` back; every case of the data must be listed, with a known split."""
+    from fundus2video.data_modules.cases import read_csv_rows
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"case_id", "split"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected columns case_id, patient_id, split")
-    split = {r["case_id"]: r["split"] for r in rows}
+        raise DataError(f"data.split.file: not found: {path} (expected a split.csv with case_id, patient_id, split)")
+    try:
+        rows = read_csv_rows(path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"data.split.file: {path}: not a CSV ({err})") from None
+    if not rows or not {"case_id", "split"} <= set(rows[0][1]):
+        raise DataError(f"data.split.file: {path}: expected columns case_id, patient_id, split"
+                        + (f" (found {', '.join(rows[0][1])})" if rows else " (the file has no rows)"))
+    split = {r["case_id"].strip(): r["split"].strip() for _, r in rows}
     bad = sorted({s for s in split.values() if s not in SPLITS})
     if bad:
-        raise ValueError(f"{path}: unknown split names {bad} (expected {', '.join(SPLITS)})")
+        raise DataError(f"data.split.file: {path}: unknown split names {bad} (expected {', '.join(SPLITS)})")
     missing = sorted(set(patients) - set(split))
     if missing:
-        raise ValueError(f"{path}: {len(missing)} case(s) of the data are not in the split file, "
-                         f"e.g. {', '.join(missing[:3])}")
+        raise DataError(f"data.split.file: {path}: {len(missing)} case(s) of the data are not in the split file, "
+                        f"e.g. {', '.join(missing[:3])}")
     return {case: split[case] for case in patients}
 
 
@@ -76,4 +82,5 @@ def check_disjoint(patients: dict[str, str], split: dict[str, str]) -> None:
     for case, s in split.items():
         other = seen.setdefault(patients[case], s)
         if other != s:
-            raise ValueError(f"patient {patients[case]} is in both '{other}' and '{s}' (case {case})")
+            raise DataError(f"patient {patients[case]} is in both '{other}' and '{s}' (case {case}): a split "
+                            "must keep each patient's cases together (data.split.file)")

@@ -1,6 +1,7 @@
 """Real data layouts on disk: every format read, every bad-case kind reported, splits by patient."""
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from fundus2video.data_modules.check import check_records, format_table
 from fundus2video.data_modules.datamodule import Fundus2VideoDataModule
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.phantom_files import write_phantom
-from fundus2video.data_modules.splits import read_split, split_by_patient, write_split
+from fundus2video.data_modules.splits import check_disjoint, read_split, split_by_patient, write_split
 
 from fundus2video.config import to_plain
 from fundus2video.errors import CaseError, DataError
@@ -287,3 +288,20 @@ def test_pictures_that_are_no_fundus_photo_are_refused(tmp_path, picture, messag
     assert not report.ok and message in report.problem
     assert main(["data", "check", str(root), "data.size=32"]) == 1
     assert message in capsys.readouterr().out
+
+
+def test_a_split_file_that_does_not_fit_is_named(tmp_path):
+    root = write_phantom(tmp_path / "data", 4, size=48, n_frames=4, video="png", progress=False)
+    records = folder_records(root)
+    patients = {r.case_id: r.patient_id for r in records}
+    (tmp_path / "garbage.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    (tmp_path / "half.csv").write_text("case_id,patient_id,split\nphantom0000,P0000,train\n")
+    (tmp_path / "cols.csv").write_text("a,b\n1,2\n")
+    for name, message in (("nope.csv", "data.split.file: not found"), ("garbage.csv", "is not UTF-8"),
+                          ("half.csv", "3 case(s) of the data are not in the split file"),
+                          ("cols.csv", "expected columns case_id, patient_id, split (found a, b)")):
+        with pytest.raises(DataError, match=re.escape(message)):
+            read_split(tmp_path / name, patients)
+    split = {c: "train" for c in patients} | {"phantom0001": "test"}  # phantom0000 and 0001: patient P0000
+    with pytest.raises(DataError, match="patient P0000 is in both"):
+        check_disjoint(patients, split)
