@@ -7,6 +7,7 @@ EXP ?= fundus2video_cpu
 ARGS ?=
 SWEEP ?= smoke
 RESUME ?=
+INIT ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
@@ -25,8 +26,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install fundus2video with its pinned dependencies
 
-train: install ## train an experiment: make train [EXP=fundus2video_cpu] [ARGS="key=value ..."] [RESUME=last|path]
-	@$(PY) -m fundus2video train $(EXP) $(ARGS) $(if $(RESUME),--resume $(RESUME))
+train: install ## train an experiment: make train [EXP=fundus2video_cpu] [ARGS="key=value ..."] [RESUME=last|path] [INIT=ckpt]
+	@$(PY) -m fundus2video train $(EXP) $(ARGS) $(if $(RESUME),--resume $(RESUME)) $(if $(INIT),--init-from $(INIT))
 
 config: install ## print an experiment's resolved configuration: make config EXP=... [ARGS=...]
 	@$(PY) -m fundus2video config $(EXP) $(ARGS)

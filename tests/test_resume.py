@@ -12,9 +12,10 @@ from fundus2video.callbacks import AtomicCheckpointIO
 
 import fundus2video.train as train_module
 from fundus2video.cli import main
-from fundus2video.config import load_config
+from fundus2video.config import load_config, to_plain
 from fundus2video.errors import ConfigError
-from fundus2video.train import Interrupted, resolve_resume, train
+from fundus2video.module import Fundus2VideoModule
+from fundus2video.train import Interrupted, init_weights_from, resolve_resume, train
 from tests.conftest import TINY
 
 
@@ -185,3 +186,29 @@ def test_resume_errors_name_the_file(tiny, tmp_path, capsys):
         resolve_resume(cfg, str(tmp_path / "junk.ckpt"))
     assert main(["train", "smoke", f"logging.root={tmp_path}", "--resume", "last"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_resume_with_another_network_is_refused_and_init_from_starts_from_weights(runs, tmp_path, capsys):
+    cfg, straight = runs
+    ckpt = straight / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"holds another network \(model.generator.ngf: 8 -> 16\).*--init-from"):
+        resolve_resume(cfg("model.generator.ngf=16"), str(ckpt))
+    started = train(cfg("name=init", "trainer.max_epochs=1"), init_from=ckpt)
+    state = _state(started)
+    assert state["fundus2video"]["video_step"] == 3  # a new run: its own counters, from the checkpoint's weights
+    first = Fundus2VideoModule(to_plain(cfg("trainer.max_epochs=1")))
+    init_weights_from(first, ckpt)
+    for key, value in torch.load(ckpt, weights_only=True)["state_dict"].items():
+        assert torch.equal(first.state_dict()[key], value), key
+    with pytest.raises(ConfigError, match="does not fit this network"):
+        init_weights_from(Fundus2VideoModule(to_plain(cfg("model.generator.ngf=16"))), ckpt)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        train(cfg("name=both"), resume=ckpt, init_from=ckpt)
+    assert main(["train", "smoke", *TINY, f"logging.root={tmp_path}", "--init-from", str(tmp_path / "no.ckpt")]) == 2
+    assert "--init-from: checkpoint not found" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    weights_only = tmp_path / "weights.ckpt"  # as import-weights writes them: no training state
+    full = torch.load(ckpt, weights_only=True)
+    torch.save({k: full[k] for k in ("state_dict", "hyper_parameters", "epoch", "global_step")}, weights_only)
+    with pytest.raises(ConfigError, match="holds weights only .* --init-from"):
+        resolve_resume(cfg(), str(weights_only))
+    init_weights_from(Fundus2VideoModule(to_plain(cfg())), weights_only)

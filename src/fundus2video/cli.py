@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     resume = resolve_resume(cfg, args.resume) if args.resume else None
     try:
-        run_dir = train(cfg, resume)
+        run_dir = train(cfg, resume, init_from=args.init_from)
     except Interrupted as stop:
         print(f"\n{stop}\nresume with: fundus2video train {args.experiment} --resume {stop.checkpoint}")
         return 130 if stop.signal == "SIGINT" else 143  # 128 + the signal: the status a killed job would have
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             flags, args.overrides = _split_flags(args.overrides, {"--dry-run"})
             args.dry_run = getattr(args, "dry_run", False) or "--dry-run" in flags
             args.resume, args.overrides = _take_option(args.overrides, "--resume")
+            args.init_from, args.overrides = _take_option(args.overrides, "--init-from")
         return commands[command](args)
     except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)

@@ -212,13 +212,52 @@ def resolve_resume(cfg: DictConfig, resume: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"--resume: checkpoint not found: {path}")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved = checkpoint["hyper_parameters"]["config"]
     except Exception as err:  # a truncated or foreign file: say which
         raise ConfigError(f"--resume: {path} is not a fundus2video checkpoint ({type(err).__name__}: {err})") from err
+    if "optimizer_states" not in checkpoint:
+        raise ConfigError(f"--resume: {path} holds weights only (e.g. from import-weights), no training state to "
+                          "continue: start from its weights with --init-from")
     changed = _differences(saved, to_plain(cfg))
+    structural = [c for c in changed if c.startswith(ARCHITECTURE_KEYS)]
+    if structural:
+        raise ConfigError(f"--resume: {path} holds another network ({'; '.join(structural)}): resume with the "
+                          "checkpoint's settings, or start from its weights with --init-from")
     if changed:
         log.warning("resuming %s with settings that differ from the checkpoint's: %s", path, ", ".join(changed))
     return path.resolve()
+
+
+# settings that change the networks' shapes: a checkpoint of other values cannot be resumed
+ARCHITECTURE_KEYS = ("model.window", "model.generator.", "model.discriminator.", "loss.nce_layers", "loss.nce_dim")
+
+
+def init_weights_from(module: Fundus2VideoModule, path: str | Path) -> None:
+    """Start from the weights of a checkpoint (G, D and the PatchNCE projector, where the module has
+    them), nothing else: optimizers, schedules and counters start afresh. For fine-tuning, e.g. a
+    checkpoint of `import-weights`. Every weight must fit; the module's own that the file lacks
+    (KBA heads a release never had) keep their initialisation and are listed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--init-from: checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:  # a truncated or foreign file: say which
+        raise ConfigError(f"--init-from: {path} is not a fundus2video checkpoint "
+                          f"({type(err).__name__}: {err})") from None
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ConfigError(f"--init-from: {path} does not fit this network: {wrong[0]}"
+                          + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""))
+    unknown = sorted(k for k in state if k not in own)
+    if unknown:
+        raise ConfigError(f"--init-from: {path} has weights this network lacks, e.g. {unknown[0]} ({len(unknown)})")
+    missing = sorted(k for k in own if k not in state and not k.startswith("val_metrics"))
+    module.load_state_dict({**own, **state})
+    log.info("initialised from %s%s", path, f" (kept their initialisation: {', '.join(missing)})" if missing else "")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -260,10 +299,17 @@ def _ctrl_c_saves(resumable: ResumableCheckpoint):
         signal.signal(signal.SIGINT, previous)
 
 
-def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: list | None = None) -> Path:
+def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: list | None = None,
+          init_from: str | Path | None = None) -> Path:
     """Train the experiment `cfg`; returns its run directory. `resume`: a checkpoint to continue
     from exactly (weights, optimizers, schedules, step counters, data order), in a new run directory.
-    `extra_callbacks` run before the checkpointing ones (e.g. the study's learning curve)."""
+    `extra_callbacks` run before the checkpointing ones (e.g. the study's learning curve).
+    `init_from`: a checkpoint whose weights (only) the run starts from (`init_weights_from`)."""
+    if resume and init_from:
+        raise ConfigError("--resume and --init-from exclude each other: resume continues a run exactly, "
+                          "--init-from starts a new one from a checkpoint's weights")
+    if init_from and not Path(init_from).is_file():  # before a run directory is made
+        raise ConfigError(f"--init-from: checkpoint not found: {init_from}")
     check_resources(cfg)
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -289,9 +335,12 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir, info))
+    module = Fundus2VideoModule(to_plain(cfg))
+    if init_from:
+        init_weights_from(module, init_from)
     try:
         with _ctrl_c_saves(resumable):
-            trainer.fit(Fundus2VideoModule(to_plain(cfg)), datamodule=datamodule,
+            trainer.fit(module, datamodule=datamodule,
                         ckpt_path=str(resume) if resume else None, weights_only=True)
     except SystemExit:  # Lightning's SIGTERMException, raised after our checkpoint was written
         if not resumable.stopped_by_sigterm:
