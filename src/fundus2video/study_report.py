@@ -26,8 +26,9 @@ TABLE = (("psnr", "PSNR", True), ("ssim", "SSIM", True), ("psnr_lesion", "PSNR l
          ("ssim_lesion", "SSIM lesion", True), ("curve_mae", "curve MAE", False),
          ("lesion_rise", "lesion rise", True), ("false_bright", "false bright", False),
          ("time_corr", "time corr", True))
-DIFFS = ("psnr", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "false_bright")
-BETTER = {k: hi for k, _, hi in TABLE}
+DIFFS = ("psnr", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "rise_error", "false_bright")
+# rise_error: |generated - real lesion rise| per case; a rise beyond the real one is no better
+BETTER = {**{k: hi for k, _, hi in TABLE}, "rise_error": False}
 N_BOOT = 10_000
 README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
 
@@ -53,7 +54,12 @@ def _case_matrix(unit_by_seed: dict[int, dict], seeds: list[int], cases: list[st
     """(seeds, cases) of a per-case score (nan where missing)."""
     m = np.full((len(seeds), len(cases)), np.nan)
     for i, s in enumerate(seeds):
-        values = {r["case_id"]: r.get(key) for r in unit_by_seed[s]["per_case"]}
+        rows = unit_by_seed[s]["per_case"]
+        if key == "rise_error":
+            values = {r["case_id"]: None if r.get("lesion_rise") is None or r.get("real_lesion_rise") is None
+                      else abs(r["lesion_rise"] - r["real_lesion_rise"]) for r in rows}
+        else:
+            values = {r["case_id"]: r.get(key) for r in rows}
         for j, c in enumerate(cases):
             v = values.get(c)
             m[i, j] = np.nan if v is None else v
@@ -126,7 +132,7 @@ def claims(spec, diffs: dict[str, dict[str, dict | None]]) -> list[str]:
     from fundus2video.study import short_name
 
     ref = short_name(spec.reference)
-    words = {1: "better", -1: "worse", 0: "no clear difference", None: "too few seeds"}
+    words = {1: "better", -1: "worse", 0: "no clear difference", None: "–"}
     lines = []
 
     def judged(variant: str, keys: tuple[str, ...]) -> tuple[list[int | None], str]:
@@ -136,7 +142,7 @@ def claims(spec, diffs: dict[str, dict[str, dict | None]]) -> list[str]:
 
     def status(verdicts: list[int | None], want: int) -> str:
         if any(v is None for v in verdicts):
-            return "**unclear** (fewer than 2 seeds)"
+            return "**not judged yet** (fewer than 2 seeds)"
         if want in verdicts and -want not in verdicts:
             return "**held**"
         if -want in verdicts and want not in verdicts:
@@ -145,25 +151,25 @@ def claims(spec, diffs: dict[str, dict[str, dict | None]]) -> list[str]:
 
     base = short_name(spec.baseline)
     if base in diffs:
-        v, detail = judged(base, ("psnr_lesion", "lesion_rise", "curve_mae", "psnr"))
+        v, detail = judged(base, ("psnr_lesion", "rise_error", "curve_mae", "psnr"))
         lines.append(f"- The full method beats {base}: {status(v[:3], -1)} inside the lesions "
                      f"({base} against {ref}: {detail}).")
     for name, what in (("no_kba", "knowledge-boosted attention"), ("no_kad", "the knowledge-aware discriminator"),
                        ("no_mask_nce", "mask-enhanced PatchNCE")):
         if name in diffs:
-            v, detail = judged(name, ("psnr_lesion", "curve_mae", "lesion_rise"))
+            v, detail = judged(name, ("psnr_lesion", "curve_mae", "rise_error"))
             lines.append(f"- {what[0].upper() + what[1:]} helps inside the lesions: {status(v, -1)} "
                          f"(without it: {detail}).")
     if "lesion_mask" in diffs:
-        v, detail = judged("lesion_mask", ("psnr_lesion", "curve_mae", "lesion_rise"))
+        v, detail = judged("lesion_mask", ("psnr_lesion", "curve_mae", "rise_error"))
         if any(x is None for x in v):
-            verdict = "**unclear** (fewer than 2 seeds)"
+            verdict = "**not judged yet** (fewer than 2 seeds)"
         else:
             verdict = "**not held**" if 1 in v and -1 not in v else "**held**" if 1 not in v else "**unclear**"
         lines.append(f"- The unsupervised knowledge mask does at least as well as the supervised lesion mask: "
                      f"{verdict} (lesion_mask against {ref}: {detail}).")
     if "no_km" in diffs:
-        v, detail = judged("no_km", ("psnr_lesion", "curve_mae", "lesion_rise"))
+        v, detail = judged("no_km", ("psnr_lesion", "curve_mae", "rise_error"))
         lines.append(f"- Guidance by the knowledge mask beats an all-ones mask: {status(v, -1)} "
                      f"(no_km against {ref}: {detail}).")
     return lines
@@ -193,8 +199,9 @@ def build_report(spec, results: Path) -> Path:
     real = [u["metrics"].get("real_lesion_rise") for by in units.values() for u in by.values()]
     real = [r for r in real if r is not None]
     if real:
-        lines += ["", f"Real videos' lesion rise: {np.mean(real):.3f}. Higher is better for PSNR, SSIM, lesion rise "
-                  "(up to the real value) and time corr; lower for curve MAE and false bright."]
+        lines += ["", f"Real videos' lesion rise: {np.mean(real):.3f}. Higher is better for PSNR, SSIM and time "
+                  "corr; lower for curve MAE and false bright; lesion rise should match the real one (`rise_error`, "
+                  "|generated − real| per case, lower is better)."]
     if diffs:
         lines += ["", f"Paired difference to {ref} (variant − {ref}; mean over seeds × test cases, "
                   "[95 % bootstrap interval over seeds and cases]):", ""]
