@@ -29,3 +29,25 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path):
     m0, m1 = ranks[0]["metrics"], ranks[1]["metrics"]
     assert m0["train/g_total"] != m1["train/g_total"]
     assert m0["val/psnr"] == m1["val/psnr"] and m0["val/ssim"] == m1["val/ssim"]
+
+
+def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, monkeypatch):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from fundus2video.config import ConfigError
+    from fundus2video.train import check_resources, strategy
+
+    t = tiny("trainer.devices=2").trainer  # auto on 2 devices: Lightning alone would pick plain DDP
+    for name, start in (("auto", "popen"), ("ddp", "popen"), ("ddp_spawn", "spawn"),
+                        ("ddp_fork_find_unused_parameters_true", "fork")):
+        chosen = strategy(name, t)
+        assert isinstance(chosen, DDPStrategy) and chosen._ddp_kwargs["find_unused_parameters"] is True, name
+        assert chosen._start_method == start
+    assert strategy("auto", tiny().trainer) == "auto"  # one device: nothing to reduce
+    with pytest.raises(ConfigError, match="ddp_find_unused_parameters_false: this GAN"):
+        check_resources(tiny("trainer.strategy=ddp_find_unused_parameters_false"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    with pytest.raises(ConfigError, match="deterministic=warn"):
+        check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=true"))
+    check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=warn"))
+    check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=true", "model.generator.padding=zero"))

@@ -63,3 +63,21 @@ def test_16_mixed_skips_only_the_overflowing_step(tiny, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(seen["d"], seen["d_after"]))  # D stepped
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_validation_scores_are_float32_under_any_autocast(tiny):
+    from fundus2video.config import to_plain
+    from fundus2video.module import Fundus2VideoModule
+
+    torch.manual_seed(0)
+    cf = torch.rand(1, 3, 32, 32) * 2 - 1
+    frames = torch.rand(1, 4, 1, 32, 32) * 2 - 1
+    fake = (frames + 0.3 * torch.randn_like(frames)).clamp(-1, 1)
+
+    def ssim(autocast: bool) -> float:
+        module = Fundus2VideoModule(to_plain(tiny()))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            module.update_val_metrics(cf, frames, fake)
+        return float(module.val_metrics["ssim"].compute())
+
+    assert ssim(True) == ssim(False)

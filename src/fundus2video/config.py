@@ -403,6 +403,8 @@ def _check_ranges(cfg: DictConfig, need) -> None:
         at_least(f"loss.{key}", 0.0, ": a loss weight; 0 switches the term off")
     need(cfg.loss.nce_temperature > 0, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of range "
          "(expected > 0)")
+    need(cfg.trainer.deterministic in (True, False, "warn"),
+         f"trainer.deterministic: {cfg.trainer.deterministic!r} is not one of true, false, warn")
     accelerators = ("auto", "cpu", "gpu", "cuda", "mps")
     need(cfg.trainer.accelerator in accelerators,
          f"trainer.accelerator: '{cfg.trainer.accelerator}' is not one of {', '.join(accelerators)}")

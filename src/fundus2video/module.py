@@ -331,17 +331,23 @@ class Fundus2VideoModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         cf, frames = batch["cf"], batch["frames"]
         fake = self(cf, frames.shape[1])  # (B, T, 1, H, W)
-        real01 = (frames.float() + 1) / 2
-        fake01 = (fake + 1) / 2
-        base01 = ((cf[:, 1:2].float() + 1) / 2).unsqueeze(1).expand_as(real01)
-        flat = lambda x: x.flatten(0, 1)  # noqa: E731  (B, T, 1, H, W) -> (B*T, 1, H, W)
-        for name, metric in self.val_metrics.items():
-            metric.update(flat(base01 if name.endswith("cf_green") else fake01), flat(real01))
+        self.update_val_metrics(cf, frames, fake)
         # logged as Metric objects: Lightning computes them at the epoch's end, synchronised across
         # DDP ranks, and resets them
         self.log_dict({f"val/{name}": metric for name, metric in self.val_metrics.items()}, on_step=False,
                       on_epoch=True, batch_size=cf.shape[0])
         return {"fake": fake}
+
+    def update_val_metrics(self, cf: torch.Tensor, frames: torch.Tensor, fake: torch.Tensor) -> None:
+        """Validation scores in float32 whatever the training precision: under a mixed-precision
+        autocast SSIM's convolutions would run in bf16/fp16 and the scores shift with the precision."""
+        with torch.autocast(device_type=cf.device.type, enabled=False):
+            real01 = (frames.float() + 1) / 2
+            fake01 = (fake.float() + 1) / 2
+            base01 = ((cf[:, 1:2].float() + 1) / 2).unsqueeze(1).expand_as(real01)
+            flat = lambda x: x.flatten(0, 1)  # noqa: E731  (B, T, 1, H, W) -> (B*T, 1, H, W)
+            for name, metric in self.val_metrics.items():
+                metric.update(flat(base01 if name.endswith("cf_green") else fake01), flat(real01))
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -121,17 +121,51 @@ def make_loggers(cfg: DictConfig, run_dir: Path, info: dict | None = None) -> li
     return loggers + [wb]
 
 
-def strategy(name: str):
-    """DDP flavours get `find_unused_parameters=True`: a window runs two backward passes (G's loss,
-    then D's), each reaching only one network's parameters, so under DDP each pass must tell the
-    reducer which parameters it leaves out (Lightning prepares the reducer before every
-    `manual_backward`). Other strategies pass through by name."""
-    if name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
+
+def device_count(t) -> int:
+    """How many devices per node `trainer.accelerator` and `trainer.devices` resolve to."""
+    devices = t.devices
+    if isinstance(devices, str) and devices != "auto":
+        return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
+    if not isinstance(devices, (int, str)):  # a list of device indices
+        return len(devices)
+    if devices in ("auto", -1):
+        gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+        return max(1, torch.cuda.device_count()) if gpu else 1
+    return int(devices)
+
+
+def strategy(name: str, t=None):
+    """The Lightning strategy for `trainer.strategy`. Every DDP flavour (and `auto` when the run spans
+    more than one device or node, where Lightning would pick plain DDP) gets
+    `find_unused_parameters=True`: a window runs two backward passes (G's loss, then D's), each
+    reaching only one network's parameters, so under DDP each pass must tell the reducer which
+    parameters it leaves out (Lightning prepares the reducer before every `manual_backward`). The
+    aliases that turn it off cannot train this GAN and are refused."""
+    if name.startswith("ddp") and "find_unused_parameters_false" in name:
+        raise ConfigError(f"trainer.strategy={name}: this GAN's two backward passes each leave one network's "
+                          "parameters unused, which DDP must be told about; use trainer.strategy=ddp")
+    base = name.replace("_find_unused_parameters_true", "")
+    if base == "auto" and t is not None and (device_count(t) > 1 or t.num_nodes > 1):
+        base = "ddp"
+    if base in DDP_START:
         from lightning.pytorch.strategies import DDPStrategy
 
-        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}[name]
-        return DDPStrategy(find_unused_parameters=True, start_method=start)
+        return DDPStrategy(find_unused_parameters=True, start_method=DDP_START[base])
     return name
+
+
+def check_deterministic_on_cuda(t, padding: str) -> None:
+    """`trainer.deterministic=true` on a GPU: CUDA has no deterministic backward of the reflection
+    (and replication) padding of the residual blocks, so G's first backward would raise. Said before
+    training, with the ways out."""
+    cuda = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if t.deterministic is True and cuda and padding in ("reflect", "replicate"):
+        raise ConfigError(f"trainer.deterministic=true: CUDA has no deterministic backward of "
+                          f"model.generator.padding={padding}; use trainer.deterministic=warn (deterministic where "
+                          "CUDA can be, a warning where not) or model.generator.padding=zero")
 
 
 def precision_settings(precision: str, accelerator: str) -> tuple[str | None, list]:
@@ -153,7 +187,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None 
     if t.deterministic is True:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy(t.strategy),
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy(t.strategy, t),
         precision=precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run,
@@ -178,7 +212,9 @@ def quiet_known_warnings() -> None:
 
 
 def check_resources(cfg: DictConfig) -> None:
-    """Files the run needs, checked before anything is created."""
+    """Files the run needs, and settings the machine cannot honour, checked before anything is created."""
+    check_deterministic_on_cuda(cfg.trainer, cfg.model.generator.padding)
+    strategy(cfg.trainer.strategy, cfg.trainer)  # a refused DDP alias stops here
     if cfg.loss.vgg > 0:
         from fundus2video.errors import UserError
         from fundus2video.pretrained import resolve
