@@ -49,7 +49,10 @@ class ResumableCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.received_sigterm or self.interrupt_requested:
+        # every rank stops at the same video: a Ctrl-C seen by one rank is shared (SIGTERM already is)
+        interrupt = (trainer.strategy.reduce_boolean_decision(self.interrupt_requested, all=False)
+                     if trainer.world_size > 1 else self.interrupt_requested)
+        if trainer.received_sigterm or interrupt:
             self.signal = "SIGTERM" if trainer.received_sigterm else "SIGINT"
             trainer.save_checkpoint(self.path)
             log.warning("%s: saved %s after %d training videos; stopping", self.signal, self.path,

@@ -17,6 +17,7 @@ used); everything is returned as 8-bit.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class CaseRecord:
     lesion: Path | None = None
     regions: dict[str, Path] = field(default_factory=dict)  # lesion_<kind>.png, vessels.png (scoring only)
     problem: str = ""  # a problem found while listing the case (e.g. conflicting manifest rows)
+    colour_check: bool = True  # refuse a CF that is not orange-red (data.fundus_check)
 
 
 @dataclass
@@ -88,12 +90,15 @@ def read_image(path: Path) -> np.ndarray:
 
 MIN_CF_SIDE = 16  # below this a photo holds no fundus worth a frame (data.size is at least 16 too)
 MIN_CF_STD = 4.0  # grey levels: a uniform picture (white, black, grey) has no anatomy
-RED_OVER_GREEN, RED_OVER_BLUE = 1.15, 1.3  # a colour fundus photo is orange-red inside its field of view
+# a colour fundus photo is orange-red inside its field of view (dark and red-free-looking ones still
+# have red above green); noise and grey pictures have R, G and B alike
+RED_OVER_GREEN, RED_OVER_BLUE = 1.05, 1.15
 
 
-def check_fundus_photo(rgb: np.ndarray, path: Path | str) -> None:
+def check_fundus_photo(rgb: np.ndarray, path: Path | str, colour: bool = True) -> None:
     """Stop (CaseError) at what no colour fundus photo is: tiny, uniform inside its field of view,
-    or not orange-red there (noise, grey-scale or most other pictures). rgb (H, W, 3) uint8."""
+    or (`colour`) not orange-red there (noise, grey-scale or most other pictures; pseudo-colour
+    cameras such as Optos are green-dominant: turn the colour test off for them). rgb (H, W, 3) uint8."""
     from fundus2video.knowledge import fov_mask
 
     h, w = rgb.shape[:2]
@@ -107,16 +112,17 @@ def check_fundus_photo(rgb: np.ndarray, path: Path | str) -> None:
     if std < MIN_CF_STD:
         raise CaseError(f"{path}: the photo is uniform (std {std:.1f} grey levels): not a colour fundus photo?")
     r, g, b = (float(v) for v in inside.mean(axis=0))
-    if r < RED_OVER_GREEN * g or r < RED_OVER_BLUE * b:
+    if colour and (r < RED_OVER_GREEN * g or r < RED_OVER_BLUE * b):
         raise CaseError(f"{path}: the field of view is not orange-red (mean R, G, B = {r:.0f}, {g:.0f}, {b:.0f}): "
-                        "not a colour fundus photo?")
+                        "not a colour fundus photo? (pseudo-colour photos: data.fundus_check=false, "
+                        "generate --no-fundus-check)")
 
 
-def read_cf(path: Path) -> np.ndarray:
+def read_cf(path: Path, colour_check: bool = True) -> np.ndarray:
     img = read_image(path)
     if img.ndim != 3:
         raise CaseError(f"{path}: the colour fundus photo is grayscale (expected RGB)")
-    check_fundus_photo(img, path)
+    check_fundus_photo(img, path, colour_check)
     return img
 
 
@@ -173,7 +179,7 @@ def read_csv_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         line = data[:err.start].count(b"\n") + 1
         raise CaseError(f"{path}:{line}: byte 0x{data[err.start]:02x} is not UTF-8 (save the CSV as UTF-8; "
                         "Excel: 'CSV UTF-8')") from None
-    reader = csv.DictReader(text.splitlines())  # extra fields go under the key None, missing ones are None
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # extras go under the key None, missing fields are None
     rows = []
     for row in reader:
         line = reader.line_num
@@ -326,7 +332,7 @@ def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
               rng: np.random.Generator | None = None) -> RawCase:
     """Read a case's CF, its selected frames and lesion mask; frames resized to the CF's size
     when they differ only in resolution. Raises CaseError naming the problem."""
-    cf = read_cf(rec.cf)
+    cf = read_cf(rec.cf, rec.colour_check)
     if rec.video is not None:
         frames, idx = read_video_frames(rec.video, None, n_frames)
         times = [rec.times[i] if rec.times and len(rec.times) > i else float(i) for i in idx]

@@ -29,9 +29,13 @@ log = logging.getLogger("fundus2video")
 def list_records(data: dict) -> list[CaseRecord]:
     """The cases of a `folders` or `manifest` data source."""
     if data["source"] == "folders":
-        return folder_records(data["root"])
-    m = data["manifest"]
-    return manifest_records(data["root"], m["columns"], m["drop_phases"], m["merge_phases"])
+        records = folder_records(data["root"])
+    else:
+        m = data["manifest"]
+        records = manifest_records(data["root"], m["columns"], m["drop_phases"], m["merge_phases"])
+    for rec in records:
+        rec.colour_check = data.get("fundus_check", True)
+    return records
 
 
 class Fundus2VideoDataModule(L.LightningDataModule):

@@ -19,13 +19,24 @@ from tqdm import tqdm
 from fundus2video.errors import UserError
 from fundus2video.video_io import atomic_path, write_mp4, write_png
 
+CASE_FILE = re.compile(r"cf\.png|lesion(_[a-z_]+)?\.png|vessels\.png|ffa\.mp4|ffa/\d{3}\.png")
+
 
 def _phantom_entries(out: Path) -> list[Path] | None:
-    """What a previous `write_phantom` left in `out` (case folders and cases.csv), or None when the
-    folder holds anything else."""
-    entries = list(out.iterdir()) if out.is_dir() else [out]
-    ours = [e for e in entries if (e.is_dir() and re.fullmatch(r"phantom\d+", e.name)) or e.name == "cases.csv"]
-    return ours if len(ours) == len(entries) else None
+    """What a previous `write_phantom` left in the folder `out` (case folders holding only the files
+    it writes, and cases.csv), or None when anything else is there."""
+    if not out.is_dir():
+        return None
+    entries = list(out.iterdir())
+    for entry in entries:
+        if entry.name == "cases.csv" and entry.is_file():
+            continue
+        if not (entry.is_dir() and re.fullmatch(r"phantom\d+", entry.name)):
+            return None
+        files = [p.relative_to(entry).as_posix() for p in entry.rglob("*") if not p.is_dir()]
+        if not all(CASE_FILE.fullmatch(f) for f in files):
+            return None
+    return entries
 
 
 def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int = 12,

@@ -305,3 +305,13 @@ def test_a_split_file_that_does_not_fit_is_named(tmp_path):
     split = {c: "train" for c in patients} | {"phantom0001": "test"}  # phantom0000 and 0001: patient P0000
     with pytest.raises(DataError, match="patient P0000 is in both"):
         check_disjoint(patients, split)
+
+
+def test_the_colour_test_can_be_turned_off_for_pseudo_colour_cameras(tmp_path):
+    root = write_phantom(tmp_path / "data", 1, size=48, n_frames=4, video="png", progress=False)
+    cf = cv2.imread(str(root / "phantom0000" / "cf.png"))
+    cv2.imwrite(str(root / "phantom0000" / "cf.png"), cf[..., [0, 2, 1]])  # red and green swapped: green-dominant
+    rec = folder_records(root)[0]
+    assert "not orange-red" in _check([rec])[0].problem
+    rec.colour_check = False  # data.fundus_check=false
+    assert _check([rec])[0].ok

@@ -221,3 +221,13 @@ def test_outputs_never_replace_an_input_or_each_other(tmp_path, ckpt, capsys):
     assert photo.read_bytes() == before
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.gif").exists()
     assert not (tmp_path / "eye.mp4").exists()
+
+
+def test_folder_names_stay_unique():
+    from pathlib import Path
+
+    from fundus2video.generate import folder_targets
+
+    photos = [Path(n) for n in ("a.png", "a.PNG", "a.jpg", "a_png.jpg", "b.png")]
+    names = [t.name for t in folder_targets(photos, Path("out"))]
+    assert len({n.lower() for n in names}) == len(names) and names[-1] == "b.mp4"

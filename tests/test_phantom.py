@@ -214,3 +214,17 @@ def test_writing_the_phantom_over_a_folder(tmp_path, capsys):
     assert "never replaced" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
     assert main(["data", "phantom", "--out", str(tmp_path / "neg"), "--cases", "-2"]) == 2
     assert "--cases: -2" in capsys.readouterr().err and not (tmp_path / "neg").exists()
+
+
+def test_overwrite_never_deletes_what_the_phantom_did_not_write(tmp_path, capsys):
+    from fundus2video.cli import main
+
+    out = tmp_path / "ph"
+    args = ["data", "phantom", "--out", str(out), "--size", "48", "--frames", "4", "--video", "png", "--cases", "1"]
+    assert main(args) == 0
+    (out / "phantom0000" / "my_notes.txt").write_text("mine")  # a user's file inside a case folder
+    assert main([*args, "--overwrite"]) == 2 and "never replaced" in capsys.readouterr().err
+    assert (out / "phantom0000" / "my_notes.txt").read_text() == "mine"
+    (tmp_path / "cases.csv").write_text("precious")  # --out naming a file is never deleted either
+    assert main(["data", "phantom", "--out", str(tmp_path / "cases.csv"), "--overwrite", "--cases", "1"]) == 2
+    assert (tmp_path / "cases.csv").read_text() == "precious"

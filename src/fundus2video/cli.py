@@ -160,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side)
     module = load_module(args.ckpt, args.device)
     results = generate_videos(module, photos, targets, args.frames, formats, args.fps, args.strip, args.side_by_side,
-                              batch=args.batch, bf16=args.bf16)
+                              batch=args.batch, bf16=args.bf16, colour_check=not args.no_fundus_check)
     for result in tqdm(results, desc="generating", unit="photo", total=len(photos), disable=len(photos) == 1):
         print(" ".join(str(p) for p in result.paths))
     return 0
@@ -296,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strip", action="store_true", help="also write a PNG strip: CF and every frame")
     gen.add_argument("--side-by-side", action="store_true", help="also write CF | generated as <stem>_sbs.mp4")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
+    gen.add_argument("--no-fundus-check", action="store_true",
+                     help="accept photos that are not orange-red (pseudo-colour cameras such as Optos)")
     gen.add_argument("--batch", type=int, default=1,
                      help="photos per rollout when --cf is a folder (more memory; faster where one photo "
                      "leaves the cores or GPU idle)")

@@ -89,6 +89,9 @@ class DataConfig:
     batch_size: int = 1  # videos per batch (the paper uses 1)
     num_workers: int = 0  # DataLoader worker processes
     check: bool = True  # read every case before training and stop on bad ones
+    # refuse a CF photo that is not orange-red inside its field of view (noise, grey pictures);
+    # false for pseudo-colour cameras (e.g. Optos), whose photos are green-dominant
+    fundus_check: bool = True
     skip_bad_cases: bool = False  # instead of stopping, leave bad cases out (listed in the log)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -383,12 +386,12 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     within("optim.beta2", 0.0, 1.0, open_high=True)
     for key in ("data.batch_size", "model.generator.ngf", "model.discriminator.ndf", "model.discriminator.n_layers",
                 "model.discriminator.num_d", "model.generator.n_downsample", "logging.fps", "trainer.num_nodes",
-                "rollout.ss_steps", "loss.nce_patches", "loss.nce_dim", "loss.gv_patch", "data.phantom.n_train",
+                "loss.nce_patches", "loss.nce_dim", "loss.gv_patch", "data.phantom.n_train",
                 "data.phantom.n_val", "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch"):
         at_least(key, 1)
     for key in ("data.num_workers", "model.generator.n_blocks", "model.generator.n_blocks_local",
                 "trainer.checkpoint_every_n_batches", "logging.n_samples", "data.phantom.n_test",
-                "data.phantom.render_size", "data.manifest.per_phase"):
+                "data.phantom.render_size", "data.manifest.per_phase", "rollout.ss_steps"):
         at_least(key, 0)
     need(cfg.trainer.max_epochs >= -1, f"trainer.max_epochs: {cfg.trainer.max_epochs} is out of range "
          "(expected -1, the schedule's epochs, or >= 0)")
@@ -410,7 +413,8 @@ def _check_ranges(cfg: DictConfig, need) -> None:
          f"trainer.accelerator: '{cfg.trainer.accelerator}' is not one of {', '.join(accelerators)}")
     devices = cfg.trainer.devices
     count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
-    listed = isinstance(devices, ListConfig) or (isinstance(devices, str) and devices.replace(",", "").isdigit())
+    text = devices.replace(" ", "") if isinstance(devices, str) else ""
+    listed = isinstance(devices, ListConfig) or text == "-1" or text.replace(",", "").isdigit()
     need(devices == "auto" or count or listed,
          f"trainer.devices: {devices!r} is out of range (expected auto, -1 (all), a count >= 1 or a list "
          "like '0,1')")

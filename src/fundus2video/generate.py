@@ -41,9 +41,10 @@ class GeneratedVideo:
     paths: list[Path]
 
 
-def prepare_photo(path: Path, size: int) -> torch.Tensor:
-    """A CF photo file -> (3, size, size) in [-1, 1], prepared as in training."""
-    cf = read_cf(path)
+def prepare_photo(path: Path, size: int, colour_check: bool = True) -> torch.Tensor:
+    """A CF photo file -> (3, size, size) in [-1, 1], prepared as in training. `colour_check`: refuse a
+    photo that is not orange-red inside its field of view (off for pseudo-colour cameras)."""
+    cf = read_cf(path, colour_check)
     h, w = cf.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise UserError(f"{path}: the photo is {w}x{h}; at least {MIN_SIDE} pixels a side are needed")
@@ -114,7 +115,8 @@ def write_outputs(frames: torch.Tensor, cf: torch.Tensor, out: str | Path, forma
 def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
                     out: str | Path | Sequence[str | Path], n_frames: int | None = None,
                     formats: tuple[str, ...] = ("mp4",), fps: int = 4, strip: bool = False,
-                    side_by_side: bool = False, batch: int = 1, bf16: bool = False) -> Iterator[GeneratedVideo]:
+                    side_by_side: bool = False, batch: int = 1, bf16: bool = False,
+                    colour_check: bool = True) -> Iterator[GeneratedVideo]:
     """Generate and write the videos of several photos, `batch` photos per rollout.
 
     `out`: a folder (photo `p` -> `<out>/<p.stem>.mp4`) or one video path per photo (extras as in
@@ -140,11 +142,12 @@ def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
         if len(targets) != len(photos):
             raise ValueError(f"{len(photos)} photos but {len(targets)} output paths")
     return _generate(module, list(zip(photos, targets, strict=True)), t, formats, fps, strip, side_by_side, batch,
-                     bf16)
+                     bf16, colour_check)
 
 
 def _generate(module: Fundus2VideoModule, jobs: list[tuple[Path, Path]], t: int, formats: tuple[str, ...],
-              fps: int, strip: bool, side_by_side: bool, batch: int, bf16: bool) -> Iterator[GeneratedVideo]:
+              fps: int, strip: bool, side_by_side: bool, batch: int, bf16: bool,
+              colour_check: bool = True) -> Iterator[GeneratedVideo]:
     """`generate_videos`' work, (photo, video path) after (photo, video path)."""
     def flush(pending: list[tuple[torch.Tensor, Path]]) -> Iterator[GeneratedVideo]:
         if not pending:
@@ -157,7 +160,7 @@ def _generate(module: Fundus2VideoModule, jobs: list[tuple[Path, Path]], t: int,
     pending: list[tuple[torch.Tensor, Path]] = []
     for photo, target in jobs:
         try:
-            cf = prepare_photo(photo, size)
+            cf = prepare_photo(photo, size, colour_check)
         except UserError:  # the photos before it are written first, as one at a time would
             yield from flush(pending)
             raise
@@ -181,8 +184,15 @@ def folder_targets(photos: Sequence[Path], folder: Path) -> list[Path]:
     """`<folder>/<stem>.mp4` per photo; photos that share a stem (a.png, a.jpg) get their extension
     into the name (a_png.mp4, a_jpg.mp4), so no video replaces another."""
     stems = [p.stem for p in photos]
-    return [folder / (f"{p.stem}_{p.suffix[1:].lower()}.mp4" if stems.count(p.stem) > 1 else f"{p.stem}.mp4")
-            for p in photos]
+    names = [f"{p.stem}_{p.suffix[1:].lower()}" if stems.count(p.stem) > 1 else p.stem for p in photos]
+    taken: set[str] = set()
+    for i, name in enumerate(names):  # a.PNG + a.png, or a_png.jpg beside a.png + a.jpg: count on
+        unique, k = name, 2
+        while unique.lower() in taken:
+            unique, k = f"{name}_{k}", k + 1
+        taken.add(unique.lower())
+        names[i] = unique
+    return [folder / f"{name}.mp4" for name in names]
 
 
 def output_targets(photos: Sequence[Path], out: Path, formats: tuple[str, ...] = ("mp4",), strip: bool = False,

@@ -238,9 +238,11 @@ def _git_commit() -> str | None:
 def run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     """Train (or resume) one unit, score its test split, write its result file. Returns a summary;
     never raises (the study goes on with the other units)."""
+    import cv2
     import torch
 
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     unit.unit_dir.mkdir(parents=True, exist_ok=True)
     with open(unit.unit_dir / "log.txt", "a") as logfile, _redirected(logfile):
         try:
@@ -281,6 +283,13 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     print(f"== {datetime.now().isoformat(timespec='seconds')} {unit.label}, {threads} thread(s)", flush=True)
     cfg = unit_config(spec, unit.variant, unit.seed, unit.unit_dir)
     resume = newest_checkpoint(unit.unit_dir)
+    stamp = unit.unit_dir / "budget.json"  # what the unit's checkpoints were trained at
+    if resume is not None and stamp.is_file() and json.loads(stamp.read_text()).get("budget_id") != spec.budget_id():
+        raise UserError(f"{unit.unit_dir}: its checkpoints were trained at another budget "
+                        f"({json.loads(stamp.read_text()).get('budget_id')}, this study's is {spec.budget_id()}); "
+                        "use another --out or delete the folder")
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(json.dumps({"budget_id": spec.budget_id(), "budget": spec.budget_overrides()}) + "\n")
     curve = LearningCurve(unit.unit_dir / "curve.json")
     try:
         run_dir = train(cfg, resume=resume, extra_callbacks=[curve])
@@ -294,8 +303,9 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     with open(out / "per_case.csv", newline="") as f:
         import csv
 
-        per_case = [{"case_id": r["case_id"], **{k: _round(float(r[k])) if r.get(k) not in (None, "") else None
-                                                 for k in CASE_KEYS}} for r in csv.DictReader(f)]
+        per_case = [{"case_id": r["case_id"], "patient_id": r["patient_id"],
+                     **{k: _round(float(r[k])) if r.get(k) not in (None, "") else None for k in CASE_KEYS}}
+                    for r in csv.DictReader(f)]
     rows = curve.rows
     result = {
         "study": spec.name, "variant": short_name(unit.variant), "experiment": unit.variant, "seed": unit.seed,
@@ -316,8 +326,9 @@ def _init_worker() -> None:
 
 # ------------------------------------------------------------------ the study
 def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run: bool = False,
-              report: bool = True) -> list[dict]:
-    """Run every unit that is not finished (`jobs` at a time), then rebuild the report."""
+              report: bool = True, report_spec: StudySpec | None = None) -> list[dict]:
+    """Run every unit that is not finished (`jobs` at a time), then rebuild the report (of
+    `report_spec`'s variants and seeds: the whole study when only a part of it is run)."""
     from tqdm import tqdm
 
     from fundus2video.study_report import build_report
@@ -326,7 +337,8 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
         raise ConfigError(f"--jobs: expected a positive number, found {jobs}")
     todo = [(u, unit_state(u, spec)) for u in units(spec, out, results)]
     pending = [u for u, state in todo if state != "finished"]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // jobs)
     for u, state in todo:
         resumes = f" (resumes {newest_checkpoint(u.unit_dir)})" if state == "partial" else ""
         print(f"  {u.label:<24} {state}{resumes}")
@@ -336,7 +348,8 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
         return []
     summaries = []
     if pending:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker)
+        try:
             futures = {pool.submit(run_unit, spec, u, threads): u for u in pending}
             bar = tqdm(as_completed(futures), total=len(futures), desc=f"study {spec.name}", unit="unit")
             for future in bar:
@@ -345,9 +358,14 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
                 bar.write(f"{summary['unit']}: " + (f"error: {summary['error']}" if "error" in summary
                                                     else f"done in {summary['train_s']} s -> {summary['result']}"))
                 if report and "error" not in summary:
-                    build_report(spec, results)
+                    build_report(report_spec or spec, results)
+        except KeyboardInterrupt:
+            # the running units save their checkpoints on the same Ctrl-C; none of the waiting ones starts
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     if report:
-        build_report(spec, results)
+        build_report(report_spec or spec, results)
     return summaries
 
 
@@ -356,11 +374,12 @@ def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, o
     from fundus2video.study_report import build_report, update_readme
 
     spec = load_study(name, variants, seeds, overrides)
+    whole = load_study(name, None, None, overrides)  # the report covers the whole study, not just this part
     results_dir = Path(results or f"results/{spec.name}_study")
     if report_only:
-        md = build_report(spec, results_dir)
+        md = build_report(whole, results_dir)
     else:
-        summaries = run_study(spec, Path(out) / spec.name, results_dir, jobs, dry_run)
+        summaries = run_study(spec, Path(out) / spec.name, results_dir, jobs, dry_run, report_spec=whole)
         if dry_run:
             return 0
         md = results_dir / "study.md"

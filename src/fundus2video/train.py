@@ -128,7 +128,9 @@ def device_count(t) -> int:
     """How many devices per node `trainer.accelerator` and `trainer.devices` resolve to."""
     devices = t.devices
     if isinstance(devices, str) and devices != "auto":
-        return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
+        if "," in devices:
+            return len([d for d in devices.split(",") if d.strip()])
+        devices = int(devices)
     if not isinstance(devices, (int, str)):  # a list of device indices
         return len(devices)
     if devices in ("auto", -1):
@@ -365,7 +367,7 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
         # save_last with save_top_k=0 writes only at the very end, and versions the name to last-v1.ckpt
         # when the mid-epoch checkpoint below already wrote last.ckpt)
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1, save_last=False,
-                        every_n_epochs=1, enable_version_counter=False),
+                        every_n_epochs=1, enable_version_counter=False, save_on_train_epoch_end=True),
         resumable,
         KnowledgeMaskLogger(run_dir, cfg.logging.n_samples),
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),

@@ -15,7 +15,8 @@ annotations (the phantom knows each lesion's kind; real data: `lesion.png`, opti
                     than the knowledge-mask threshold: leakage painted where there is none
                     (`real_false_bright`: the same on the real video, the phantom's is ~0)
   time_corr         correlation between the real and the generated mean brightness in the field
-                    of view, frame by frame (1 = the video fills and fades when the real one does)
+                    of view, frame by frame (1 = the video fills and fades when the real one does;
+                    0 for a generated video whose brightness never changes)
 
 `kinetics_plot` draws the per-kind curves, real against generated, over the set.
 """
@@ -100,8 +101,10 @@ class LesionKinetics:
         else:
             row["false_bright"] = row["real_false_bright"] = float("nan")
         curves = torch.stack([region_curve(real, roi), region_curve(fake, roi)])
-        row["time_corr"] = (float(torch.corrcoef(curves)[0, 1]) if bool((curves.std(dim=1) > 1e-6).all())
-                            else float("nan"))
+        flat = curves.std(dim=1) <= 1e-6
+        # a generated video with no time course at all scores 0 (it follows none), not a skipped case
+        row["time_corr"] = (float("nan") if bool(flat[0]) else 0.0 if bool(flat[1])
+                            else float(torch.corrcoef(curves)[0, 1]))
         self.rows.append(row)
         return row
 
