@@ -27,7 +27,8 @@ import numpy as np
 
 from fundus2video.errors import CaseError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
 
 
 @dataclass
@@ -79,7 +80,10 @@ def read_image(path: Path) -> np.ndarray:
     """(H, W) grayscale or (H, W, 3) RGB uint8; alpha dropped."""
     if not path.is_file():
         raise CaseError(f"missing file: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # JPEGs are 8-bit and carry the camera's EXIF orientation, which IMREAD_COLOR applies (and
+    # IMREAD_UNCHANGED, needed for 16-bit PNG and TIFF, would ignore)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise CaseError(f"unreadable image: {path}")
     img = _to_uint8(img, path)
@@ -240,19 +244,30 @@ def folder_records(root: str | Path) -> list[CaseRecord]:
     records = []
     for case_dir in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name)):
         info = meta.get(case_dir.name, {})
-        cf = next((case_dir / f"cf{e}" for e in IMAGE_EXTS if (case_dir / f"cf{e}").is_file()),
-                  case_dir / "cf.png")
+        cfs = _named(case_dir, "cf", IMAGE_EXTS)
+        lesions = _named(case_dir, "lesion", (".png",))
         rec = CaseRecord(case_id=case_dir.name, patient_id=info.get("patient_id", case_dir.name),
-                         eye=info.get("eye", ""), cf=cf, times=info.get("times"),
-                         lesion=case_dir / "lesion.png" if (case_dir / "lesion.png").is_file() else None,
-                         regions=region_files(case_dir))
-        if (case_dir / "ffa").is_dir():
-            names = sorted((p for p in (case_dir / "ffa").iterdir() if p.suffix.lower() in IMAGE_EXTS),
+                         eye=info.get("eye", ""), cf=cfs[0] if cfs else case_dir / "cf.png", times=info.get("times"),
+                         lesion=lesions[0] if lesions else None, regions=region_files(case_dir))
+        if len(cfs) > 1:  # which one is the photo is the user's call, not a silent choice
+            rec.problem = f"two colour photos: {', '.join(p.name for p in cfs)} (keep one)"
+        ffa_dirs = [p for p in case_dir.iterdir() if p.is_dir() and p.name.lower() == "ffa"]
+        videos = _named(case_dir, "ffa", VIDEO_EXTS)
+        if ffa_dirs:
+            names = sorted((p for p in ffa_dirs[0].iterdir() if p.suffix.lower() in IMAGE_EXTS),
                            key=lambda p: _natural_key(p.name))
             times = rec.times if rec.times and len(rec.times) == len(names) else None
             rec.frames = [Frame(p, time=times[i] if times else float(i)) for i, p in enumerate(names)]
+            if videos and not rec.problem:
+                rec.problem = f"both {ffa_dirs[0].name}/ and {videos[0].name}: which is the angiogram? (keep one)"
         else:
-            rec.video = case_dir / "ffa.mp4"
+            rec.video = videos[0] if videos else case_dir / "ffa.mp4"
+            if len(videos) > 1 and not rec.problem:
+                rec.problem = f"two angiogram videos: {', '.join(p.name for p in videos)} (keep one)"
+        if not cfs and not rec.problem:
+            others = sorted(p.name for p in case_dir.iterdir() if p.is_file())
+            rec.problem = (f"missing file: {case_dir / 'cf.png'} (the colour photo: cf with one of "
+                           f"{', '.join(IMAGE_EXTS)}; found {', '.join(others[:6]) or 'no files'})")
         records.append(rec)
     if not records:
         raise CaseError(f"{root}: no case folders found (expected <root>/<case>/cf.png with ffa.mp4 or ffa/)")
@@ -352,6 +367,11 @@ def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
     lesion = _read_mask(rec.lesion, cf) if rec.lesion is not None else None
     regions = {name: _read_mask(path, cf) for name, path in rec.regions.items()}
     return RawCase(cf, frames, np.asarray(times, np.float32), phases, lesion, names, regions)
+
+
+def _named(folder: Path, stem: str, exts: tuple[str, ...]) -> list[Path]:
+    """Files `<stem><ext>` in `folder`, the stem and extension in any case (CF.PNG, cf.jpeg)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.stem.lower() == stem and p.suffix.lower() in exts)
 
 
 def region_files(case_dir: Path) -> dict[str, Path]:

@@ -315,3 +315,34 @@ def test_the_colour_test_can_be_turned_off_for_pseudo_colour_cameras(tmp_path):
     assert "not orange-red" in _check([rec])[0].problem
     rec.colour_check = False  # data.fundus_check=false
     assert _check([rec])[0].ok
+
+
+def test_case_folder_names_in_any_case_and_extension(tmp_path):
+    from PIL import Image
+
+    root = write_phantom(tmp_path / "data", 3, size=64, n_frames=4, video="mp4", progress=False)
+    a, b, c = sorted(p for p in root.iterdir() if p.is_dir())
+    (a / "cf.png").rename(a / "CF.PNG")
+    (a / "ffa.mp4").rename(a / "FFA.MP4")
+    Image.open(b / "cf.png").save(b / "cf.webp", lossless=True)
+    (b / "cf.png").unlink()
+    Image.open(c / "cf.png").save(c / "cf.jpg", quality=95)  # a second photo beside cf.png
+    records = {r.case_id: r for r in folder_records(root)}
+    reports = {r.case_id: r for r in _check(list(records.values()), n_frames=4)}
+    assert reports[a.name].ok and records[a.name].cf.name == "CF.PNG" and records[a.name].video.name == "FFA.MP4"
+    assert reports[b.name].ok and records[b.name].cf.name == "cf.webp"
+    assert "two colour photos: cf.jpg, cf.png" in reports[c.name].problem
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from fundus2video.data_modules.cases import read_cf
+
+    cf = make_case(3, size=64, n_frames=2).cf
+    wide = np.ascontiguousarray(cf[:, 8:56])  # 64 x 48: the rotation shows in the shape
+    image = Image.fromarray(wide)
+    exif = image.getexif()
+    exif[0x0112] = 6  # the camera was turned: show the picture rotated 90 degrees clockwise
+    image.save(tmp_path / "turned.jpg", quality=95, exif=exif)
+    assert read_cf(tmp_path / "turned.jpg").shape[:2] == (48, 64)
