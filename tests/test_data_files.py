@@ -335,9 +335,8 @@ def test_case_folder_names_in_any_case_and_extension(tmp_path):
 
 
 def test_jpeg_exif_orientation_is_applied(tmp_path):
-    from PIL import Image
-
     from fundus2video.data_modules.cases import read_cf
+    from PIL import Image
 
     cf = make_case(3, size=64, n_frames=2).cf
     wide = np.ascontiguousarray(cf[:, 8:56])  # 64 x 48: the rotation shows in the shape
