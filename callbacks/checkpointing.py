@@ -8,8 +8,10 @@ previous checkpoint intact, never a half file.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,10 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from fundus2video.errors import UserError
 from fundus2video.video_io import atomic_path
+
+FULL_DISK_BYTES = 64 * 2**20  # a failed write with less than this left is taken for a full disk
 
 log = logging.getLogger("fundus2video")
 
@@ -28,11 +33,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options (got {storage_options!r})")
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            # torch reports a full disk as "[enforce fail at inline_container.cc] ... file write failed";
+            # the free space says what happened (the previous checkpoint is intact either way)
+            free = shutil.disk_usage(Path(path).parent).free
+            if getattr(err, "errno", None) == errno.ENOSPC or free < FULL_DISK_BYTES:
+                raise UserError(f"no space left on device: {path} ({free / 2**20:.0f} MiB free; the previous "
+                                "checkpoint, if any, is intact)") from None
+            raise
 
 
 class ResumableCheckpoint(L.Callback):

@@ -212,3 +212,52 @@ def test_resume_with_another_network_is_refused_and_init_from_starts_from_weight
     with pytest.raises(ConfigError, match="holds weights only .* --init-from"):
         resolve_resume(cfg(), str(weights_only))
     init_weights_from(Fundus2VideoModule(to_plain(cfg())), weights_only)
+
+
+def test_a_full_disk_is_named_and_leaves_no_half_file(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from fundus2video.errors import UserError
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def full(obj, f):
+        f.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))
+    with pytest.raises(UserError, match=r"no space left on device: .*last.ckpt \(0 MiB free"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_resume_clears_what_a_killed_write_left_and_an_empty_wandb_mode_is_ignored(runs, monkeypatch):
+    cfg, straight = runs
+    stale = straight / "checkpoints" / ".last.k1ll3d.ckpt"  # a checkpoint write cut off by kill -9
+    stale.write_bytes(b"half a checkpoint")
+    resolve_resume(cfg(), str(straight))
+    assert not stale.exists() and (straight / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.setenv("WANDB_MODE", "")
+    from fundus2video.train import make_loggers
+
+    loggers = make_loggers(cfg("logging.wandb=disabled"), straight)
+    assert loggers and "WANDB_MODE" not in os.environ
+
+
+def test_a_full_disk_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ph" / "cf.png"))
+
+    monkeypatch.setattr("fundus2video.data_modules.phantom_files.write_phantom", full)
+    assert main(["data", "phantom", "--out", str(tmp_path / "ph"), "--cases", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"fundus2video: error: no space left on device: {tmp_path / 'ph' / 'cf.png'}"

@@ -7,6 +7,7 @@ Experiments are YAML files (`experiments/NAME.yaml`) or their names; overrides f
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -369,4 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         return commands[command](args)
     except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        # writes are atomic: what was there before is intact, nothing half-written is left
+        what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}[err.errno]
+        print(f"fundus2video: error: {what}: {err.filename or '?'}", file=sys.stderr)
         return 2

@@ -103,6 +103,8 @@ def run_info(cfg: DictConfig, resume: str | Path | None = None) -> dict:
 def make_loggers(cfg: DictConfig, run_dir: Path, info: dict | None = None) -> list[Logger]:
     """CSV always; wandb unless disabled. A wandb that cannot start falls back to offline."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
+        del os.environ["WANDB_MODE"]  # set but empty: wandb itself would fail on it; `auto` decides instead
     mode = wandb_mode(cfg.logging.wandb)
     if mode == "disabled":
         return loggers
@@ -254,6 +256,8 @@ def resolve_resume(cfg: DictConfig, resume: str) -> Path:
         saved = checkpoint["hyper_parameters"]["config"]
     except Exception as err:  # a truncated or foreign file: say which
         raise ConfigError(f"--resume: {path} is not a fundus2video checkpoint ({type(err).__name__}: {err})") from err
+    for stale in path.parent.glob(".last.*.ckpt"):  # half-written by a run killed mid-write: that run is over
+        stale.unlink(missing_ok=True)
     if "optimizer_states" not in checkpoint:
         raise ConfigError(f"--resume: {path} holds weights only (e.g. from import-weights), no training state to "
                           "continue: start from its weights with --init-from")
