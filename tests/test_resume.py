@@ -52,22 +52,23 @@ def test_resume_at_epoch_boundary_matches_straight_run(runs):
     _assert_same_training(_state(straight), _state(resumed))
 
 
-class _SigtermAt(L.Callback):
-    """Sends this process SIGTERM after the given training video, as a cluster scheduler would."""
+class _SignalAt(L.Callback):
+    """Sends this process a signal after the given training video: SIGTERM as a cluster scheduler
+    would, SIGINT as Ctrl-C does."""
 
-    def __init__(self, video: int):
-        self.video = video
+    def __init__(self, video: int, signum: int = signal.SIGTERM):
+        self.video, self.signum = video, signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if pl_module.video_step == self.video:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypatch):
     cfg, straight = runs
     build = train_module.build_trainer
     monkeypatch.setattr(train_module, "build_trainer", lambda c, d, callbacks=None, loggers=False: build(
-        c, d, [_SigtermAt(4), *(callbacks or [])], loggers))
+        c, d, [_SignalAt(4), *(callbacks or [])], loggers))
     with pytest.raises(Interrupted) as stop:
         train(cfg("name=killed", "trainer.max_epochs=2"))
     monkeypatch.setattr(train_module, "build_trainer", build)
@@ -78,20 +79,11 @@ def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypat
     _assert_same_training(_state(straight), _state(resumed))
 
 
-class _CtrlCAt(L.Callback):
-    def __init__(self, video: int):
-        self.video = video
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.video_step == self.video:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_ctrl_c_saves_like_sigterm_and_resumes_exactly(runs):
     cfg, straight = runs
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match="stopped by SIGINT") as stop:
-        train(cfg("name=ctrlc", "trainer.max_epochs=2"), extra_callbacks=[_CtrlCAt(2)])
+        train(cfg("name=ctrlc", "trainer.max_epochs=2"), extra_callbacks=[_SignalAt(2, signal.SIGINT)])
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C behaves as usual again
     saved = torch.load(stop.value.checkpoint, weights_only=True)
     assert saved["fundus2video"]["video_step"] == 2  # the interrupted video finished, then saved

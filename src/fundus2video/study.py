@@ -16,11 +16,11 @@ runs N units at once with cores / N threads each. The report (`study.md`, `study
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -226,15 +226,6 @@ def _round(x, digits: int = 5):
 
 
 # ------------------------------------------------------------------ one unit (in its own process)
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     """Train (or resume) one unit, score its test split, write its result file. Returns a summary;
     never raises (the study goes on with the other units)."""
@@ -278,7 +269,7 @@ def _redirected(logfile):
 
 def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     from fundus2video.evaluate import evaluate
-    from fundus2video.train import Interrupted, train
+    from fundus2video.train import Interrupted, git, train
 
     print(f"== {datetime.now().isoformat(timespec='seconds')} {unit.label}, {threads} thread(s)", flush=True)
     cfg = unit_config(spec, unit.variant, unit.seed, unit.unit_dir)
@@ -301,8 +292,6 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     out = evaluate(ckpt, split="test", protocol="standard", out=unit.unit_dir / "eval", sheet_cases=2)
     report = json.loads((out / "metrics.json").read_text())
     with open(out / "per_case.csv", newline="") as f:
-        import csv
-
         per_case = [{"case_id": r["case_id"], "patient_id": r["patient_id"],
                      **{k: _round(float(r[k])) if r.get(k) not in (None, "") else None for k in CASE_KEYS}}
                     for r in csv.DictReader(f)]
@@ -311,7 +300,7 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
         "study": spec.name, "variant": short_name(unit.variant), "experiment": unit.variant, "seed": unit.seed,
         "budget_id": spec.budget_id(), "budget": spec.budget_overrides(),
         "train_s": rows[-1]["train_s"] if rows else None, "videos": rows[-1]["videos"] if rows else None,
-        "threads": threads, "git_commit": _git_commit(),
+        "threads": threads, "git_commit": git("rev-parse", "HEAD") or None,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": report["metrics"], "per_case": per_case, "curve": rows,
     }

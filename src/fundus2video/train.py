@@ -82,17 +82,19 @@ def wandb_mode(setting: str) -> str:
     return "online" if has_key else "offline"
 
 
+def git(*args: str) -> str:
+    """A git command's output in the package's checkout ("" outside one, or when git is missing)."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def run_info(cfg: DictConfig, resume: str | Path | None = None) -> dict:
     """What produced a run: the git commit of the code (and whether it had uncommitted changes), the
     command line, versions, and the checkpoint resumed from. Written to run.json and logged to wandb."""
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                 cwd=Path(__file__).resolve().parent)
-            return out.stdout.strip() if out.returncode == 0 else ""
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
     commit = git("rev-parse", "HEAD")
     return {"git_commit": commit or None, "git_dirty": bool(git("status", "--porcelain")) if commit else None,
             "command": " ".join(sys.argv), "fundus2video": version("fundus2video"), "torch": torch.__version__,
