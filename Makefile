@@ -11,8 +11,8 @@ INIT ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train config demo-data data-check study study-report sweep bench test lint clean \
-	demo browser-deps
+.PHONY: help install train config demo-data data-check study study-report sweep bench test test-fast lint clean \
+	demo browser-deps gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,11 +51,18 @@ sweep: install ## wandb sweep (creates it, starts an agent): make sweep SWEEP=sm
 
 bench: install ## run benchmarks/*.py; JSON results gathered in benchmarks/results.json
 	@set -e; echo "{" > benchmarks/results.json.tmp; first=1; \
-	for f in benchmarks/[!_]*.py; do name=$$(basename $$f .py); echo "running $$f" >&2; \
+	for f in $(filter-out benchmarks/gpu_%.py,$(wildcard benchmarks/[!_]*.py)); do name=$$(basename $$f .py); \
+	  echo "running $$f" >&2; \
 	  [ $$first = 1 ] || echo "," >> benchmarks/results.json.tmp; first=0; \
 	  printf '"%s": ' $$name >> benchmarks/results.json.tmp; $(PY) $$f >> benchmarks/results.json.tmp; done; \
 	echo "}" >> benchmarks/results.json.tmp; mv benchmarks/results.json.tmp benchmarks/results.json; \
 	cat benchmarks/results.json
+
+# on a GPU machine, with a CUDA torch in .venv (what it needs: the top of benchmarks/gpu_check.py); no
+# `install` prerequisite: that could call pip where the package index is unreachable
+gpu-check: ## the GPU check: mixed precision, speed switches, cuda vs cpu, DDP (NCCL): make gpu-check [ARGS=--dry-run]
+	@test -x $(PY) || { echo "gpu-check: no $(PY): make install, then a CUDA torch (see benchmarks/gpu_check.py)" >&2; exit 2; }
+	@$(PY) benchmarks/gpu_check.py $(ARGS)
 
 # the browser demo: gradio in the [demo] extra, installed on first use (the core install stays as it is)
 CKPT ?= runs/fundus2video_cpu/latest/checkpoints/last.ckpt
@@ -66,7 +73,7 @@ $(VENV)/.demo-installed: $(VENV)/.installed setup.cfg
 	@touch $@
 
 demo: $(VENV)/.demo-installed ## the browser demo (gradio): make demo [CKPT=runs/fundus2video_cpu/latest/...] [PORT=7860]
-	@$(PY) -m fundus2video.demo --ckpt $(CKPT) --port $(PORT) --host $(HOST)
+	@$(PY) -m fundus2video demo --ckpt $(CKPT) --port $(PORT) --host $(HOST)
 
 # what tests/test_demo.py's browser test needs: Debian's chromium and its driver (apt, only when missing;
 # sudo when not root), the [demo] extra, selenium and gradio_client
@@ -76,10 +83,13 @@ browser-deps: $(VENV)/.demo-installed ## install chromium + chromedriver (apt, w
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; fi
 	$(PY) -m pip install --quiet "selenium>=4.20,<5" gradio_client
 
-test: install ## run the test suite (what CI runs)
+test: install ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-lint: install ## ruff
+test-fast: install ## the suite without the end-to-end trainings marked slow (the edit loop; CI runs all)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install ## ruff (CI runs it before the tests)
 	$(VENV)/bin/ruff check .
 
 clean: ## remove runs/ and caches (keeps .venv)

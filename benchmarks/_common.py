@@ -21,6 +21,8 @@ from fundus2video.config import load_config, to_plain
 from fundus2video.module import Fundus2VideoModule
 
 ROOT = Path(__file__).resolve().parent.parent
+# the release's order of passes and the random-weight VGG19 writer are test support (tests/helpers/)
+sys.path.insert(0, str(ROOT / "tests"))
 FULL_CONFIG = ROOT / "experiments" / "fundus2video.yaml"
 
 

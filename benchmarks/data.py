@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
+
+from fundus2video.config import AugmentConfig, load_config, to_plain
 from fundus2video.data_modules.cases import folder_records
 from fundus2video.data_modules.datasets import FileVideoDataset
 from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.transforms import PairedTransform
-from torch.utils.data import DataLoader
-
-from fundus2video.config import AugmentConfig, load_config, to_plain
 from fundus2video.module import Fundus2VideoModule
 
 ROOT = Path(__file__).resolve().parent.parent

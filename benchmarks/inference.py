@@ -1,5 +1,5 @@
 """Frames per second of video generation: `Fundus2VideoModule.forward` (the autoregressive rollout,
-one generator window per frame, overlapping windows averaged), as `fundus2video.generate` runs it.
+one generator window per frame, overlapping windows averaged), as `fundus2video.inference` runs it.
 
 Generator of experiments/fundus2video.yaml (ngf 64, 4 downsamplings, 9 residual blocks, KBA on the
 bottleneck, window K = 3) with random weights, batch 1, under torch.inference_mode, at 256 and
@@ -14,8 +14,18 @@ may fit the budget; run first, so that its bf16 GFLOP/s gives an estimate for th
 `results` that are not measured. When even the small case overruns, it is "measured": false with a
 lower bound and an estimate from this machine's bf16 matmul rate.
 
+`onnxruntime`: `generate --runtime onnxruntime` against `--runtime torch`, the whole rollout of 12
+frames at 256 and 512, fp32, batch 1, in this one process: the PyTorch path (`Fundus2VideoModule.forward`)
+and the ONNX Runtime path (`fundus2video.onnx_runtime.onnx_window`, the window graph exported into a
+temporary cache, then `rollout` over it), their repeats interleaved (torch, ort, torch, ...) after a
+warm-up window each, medians, the ratio of their frames per second, and the largest |ORT - torch| over
+the video. The one-time costs are reported apart: the export (with its check against PyTorch) and the
+load of the cached graph a later process pays (weights and file hashed, session built).
+
     python benchmarks/inference.py [--sizes 256,512] [--precisions fp32,bf16] [--frames 3] [--repeats 3]
         [--budget 60] [--batch-sizes 1,4] [--batch-at 256] [--bf16-size 64]
+        [--ort-sizes 256,512] [--ort-frames 12] [--ort-repeats 3] [--ort-budget 180]
+(an empty --sizes or --ort-sizes, or 0 for --batch-at / --bf16-size, skips that part)
 Environment: BENCH_REPEATS, BENCH_BUDGET (seconds of timed rollouts per case).
 """
 
@@ -27,12 +37,15 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 from _common import build_module, emit, env_int, log, machine_info, matmul_gflops, timed
 from torch.utils.flop_counter import FlopCounterMode
 
-from fundus2video.rollout import cf_as_frames
+from fundus2video.rollout import cf_as_frames, rollout
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -91,6 +104,52 @@ def batching(module, size: int, frames: int, batches: list[int], repeats: int, b
             "fps_definition": "videos x frames / median seconds of a rollout of `batch` photos"}
 
 
+@torch.inference_mode()
+def onnxruntime_vs_torch(size: int, frames: int, repeats: int, budget: float) -> dict:
+    """Frames per second of the whole rollout through PyTorch and through ONNX Runtime, interleaved."""
+    from fundus2video import onnx_runtime
+
+    module = build_module(size)
+    module.eval()
+    window = module.cfg.model.window
+    cf = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = torch.cat([cf, cf_as_frames(cf, window)], dim=1)
+    with tempfile.TemporaryDirectory(prefix="f2v-ort-") as cache:
+        # a checkpoint path in a fresh folder: the graph is exported (and checked) here, not taken from a cache
+        ckpt = Path(cache) / "random.ckpt"
+        start = time.perf_counter()
+        onnx_runtime.onnx_window(module, size, ckpt)
+        export = time.perf_counter() - start
+        onnx_runtime._SESSIONS.clear()  # as a later process: the cached graph, hashed and loaded
+        start = time.perf_counter()
+        ort = onnx_runtime.onnx_window(module, size, ckpt)
+        load = time.perf_counter() - start
+        log(f"size {size} onnxruntime: export + check {export:.1f} s, load of the cached graph {load:.1f} s")
+        fns = {"torch": lambda: module(cf, frames), "onnxruntime": lambda: rollout(ort, cf, frames, window)}
+        first = {"torch": timed(lambda: module.generator(x)), "onnxruntime": timed(lambda: ort(x))}  # warm-up
+        log(f"  warm-up window: torch {first['torch']:.2f} s, onnxruntime {first['onnxruntime']:.2f} s")
+        n = max(1, min(repeats, int(budget // max(sum(first.values()) * frames, 1e-9))))
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        videos = {}
+        for i in range(n):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                videos[name] = fn()
+                times[name].append(time.perf_counter() - start)
+                log(f"  {name} rollout {i + 1}/{n}: {times[name][-1]:.2f} s")
+        diff = (videos["onnxruntime"] - videos["torch"]).abs().max().item()
+    rows = {}
+    for name in fns:
+        median = statistics.median(times[name])
+        rows[name] = {"fps": round(frames / median, 4), "seconds_per_rollout": round(median, 3),
+                      "rollout_seconds": [round(t, 3) for t in times[name]], "warmup_window_seconds":
+                      round(first[name], 3)}
+    return {"size": size, "frames": frames, "repeats": n, "torch": rows["torch"], "onnxruntime": rows["onnxruntime"],
+            "fps_ratio_onnxruntime_over_torch": round(rows["onnxruntime"]["fps"] / rows["torch"]["fps"], 3),
+            "max_abs_frame_diff": float(f"{diff:.3g}"), "export_and_check_seconds": round(export, 1),
+            "cached_load_seconds": round(load, 1)}
+
+
 def bf16_small(size: int, frames: int, repeats: int, budget: float) -> dict:
     """fp32 (in this process) and bf16 (one frame in a capped subprocess, as `results`) at `size`."""
     module = build_module(size)
@@ -138,6 +197,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4", help="photos per rollout to compare (the first is the base)")
     parser.add_argument("--batch-at", type=int, default=256, help="image size of the batching comparison (0: skip)")
     parser.add_argument("--bf16-size", type=int, default=64, help="the small bf16 case's image size (0: skip)")
+    parser.add_argument("--ort-sizes", default="256,512", help="sizes of the ONNX Runtime comparison")
+    parser.add_argument("--ort-frames", type=int, default=12, help="frames per rollout of the comparison")
+    parser.add_argument("--ort-repeats", type=int, default=3)
+    parser.add_argument("--ort-budget", type=float, default=180.0,
+                        help="seconds of timed rollouts per size (fewer repeats where a round takes longer)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -152,7 +216,7 @@ def main() -> None:
     small = bf16_small(args.bf16_size, args.frames, args.repeats, args.budget) if args.bf16_size else None
     bf16_rate = small["bf16"].get("achieved_gflops") if small else None  # to estimate unmeasured bf16 cases
     results, stopped_at = [], None  # the size at which a slow case overran the budget
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         module = build_module(size)
         module.eval()
         first, flops = window_flops(module, size)  # warm-up; autocast leaves the FLOPs unchanged
@@ -189,6 +253,23 @@ def main() -> None:
         module.eval()
         batched = batching(module, args.batch_at, args.frames, [int(b) for b in args.batch_sizes.split(",")],
                            args.repeats, args.budget)
+    ort = None
+    if args.ort_sizes.strip():
+        from fundus2video import onnx_runtime
+
+        if onnx_runtime.onnx_available():
+            import onnxruntime
+
+            rows = [onnxruntime_vs_torch(int(s), args.ort_frames, args.ort_repeats, args.ort_budget)
+                    for s in args.ort_sizes.split(",") if s.strip()]
+            ort = {"onnxruntime": onnxruntime.__version__, "threads": torch.get_num_threads(),
+                   "graph": "one window, batch 1, fixed shapes, fp32, torch.onnx.export(dynamo=True); "
+                            "ORT CPU, graph optimization level all, intra-op threads = torch's",
+                   "rows": rows,
+                   "fps_definition": "frames / median seconds of a rollout (batch 1); warm-up and one-time costs "
+                                     "excluded"}
+        else:
+            ort = {"measured": False, "note": "the [export] extra (onnx, onnxscript, onnxruntime) is not installed"}
     emit({"machine": machine, "fp32_matmul_gflops": peak,
           "settings": {"generator": "ngf 64, 4 downsamplings, 9 residual blocks, KBA bottleneck (random weights)",
                        "window": 3, "batch": 1, "frames": args.frames,
@@ -196,7 +277,7 @@ def main() -> None:
                        "repeats": args.repeats, "budget_s": args.budget,
                        "batching": "photos per rollout, fp32, repeats interleaved; batch is `results`' 1 elsewhere",
                        "bf16_small": "run before `results`: its bf16 GFLOP/s estimates their unmeasured bf16 cases"},
-          "results": results, "batching": batched, "bf16_small": small})
+          "results": results, "batching": batched, "bf16_small": small, "onnxruntime": ort})
 
 
 def estimate(flops: int, bf16_rate: float | None) -> dict:

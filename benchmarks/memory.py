@@ -9,7 +9,7 @@ and the difference; then, in a second pass of the same video under torch.profile
 the memory torch itself allocates during the video above what it held before (activations,
 gradients, temporaries; not the networks or the optimizer state, which exist from the first pass;
 not Python's objects or the allocator's slack). Last, the same torch peak for one window of the
-module against one of `fundus2video.reference.release_window_step` (the release's order of passes),
+module against one of `tests/helpers/reference.py: release_window_step` (the release's order of passes),
 each in its own process.
 
     python benchmarks/memory.py [--frames 6,12,24] [--size 128] [--ngf 16] [--no-torch-peak]
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 from _common import build_module, emit, log, machine_info, timed, window_inputs
-
-from fundus2video.reference import (
+from helpers.reference import (
     module_window_step,
     outside_trainer,
     release_window_step,
@@ -102,7 +101,7 @@ def child(n_frames: int, size: int, ngf: int, ndf: int, torch_peak: bool) -> dic
 
 def window_peak(name: str, size: int, ngf: int, ndf: int) -> float | None:
     """Torch's allocation peak (MB) of one training window of `name`: "ours" (the module) or "release"
-    (`fundus2video.reference`'s order of passes), after a warm-up window. One formulation per process:
+    (`tests/helpers/reference.py`'s order of passes), after a warm-up window. One formulation per process:
     what the profiler saw allocated and freed in an earlier profile would inflate a later one."""
     with tempfile.TemporaryDirectory() as tmp:
         vgg = write_random_vgg19(Path(tmp) / "vgg19-random.pth")

@@ -1,9 +1,9 @@
 """Seconds per training window (G step + D step), the module's against the release's order of passes.
 
-Full loss set of experiments/fundus2video.yaml (gan, feat, vgg, gv, nce, gan_km, att; KBA on the
+Full loss set of experiments/fundus2video.yaml (gan, feat, vgg, gv, nce, kad, att; KBA on the
 bottleneck; 4 downsamplings, 9 residual blocks), batch 1, window K = 3, at 128 x 128 (ngf 16, ndf 16)
 and 256 x 256 (ngf 32, ndf 32), fp32 and bf16 autocast. The VGG19 has random weights (same cost as
-ImageNet's). Ours: `Fundus2VideoModule._window_step`; release: `fundus2video.reference.release_window_step`,
+ImageNet's). Ours: `Fundus2VideoModule._window_step`; release: `tests/helpers/reference.py: release_window_step`,
 each on its own copy of the same module with its own optimizers, repeats interleaved; the ratio
 release / ours comes from the same run. FLOPs of one window (forward and backward of both steps)
 from `torch.utils.flop_counter.FlopCounterMode`, against this machine's fp32 matmul rate measured
@@ -44,14 +44,13 @@ from _common import (
     timed,
     window_inputs,
 )
+from helpers.reference import module_window_step, release_window_step, standalone_optimizers, write_random_vgg19
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from fundus2video.reference import module_window_step, release_window_step, standalone_optimizers, write_random_vgg19
-
 CASES = {128: (16, 16), 256: (32, 32)}  # size: (ngf, ndf)
-TERMS = ["gan", "feat", "vgg", "gv", "nce", "gan_km", "att"]
+TERMS = ["gan", "feat", "vgg", "gv", "nce", "kad", "att"]
 TARGETS = {128: 2.0, 256: 1.3}  # issue #8: release / ours at least this, fp32
 
 

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fundus2video.errors import UserError
-from fundus2video.video_io import atomic_path
+from fundus2video.io import atomic_path
 
 FULL_DISK_BYTES = 64 * 2**20  # a failed write with less than this left is taken for a full disk
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from fundus2video.data_modules.cases import CaseError, CaseRecord, load_case
 from tqdm import tqdm
 
+from fundus2video.data_modules.cases import CaseError, CaseRecord, load_case
 from fundus2video.knowledge import FRAME_MIN, crop_to_roi, knowledge_mask
 
 

@@ -12,15 +12,16 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fundus2video.config import AugmentConfig
 from fundus2video.data_modules.cases import CaseRecord, folder_records, manifest_records
 from fundus2video.data_modules.check import bad_cases_message, check_records
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
 from fundus2video.data_modules.sampling import SeededSampler
 from fundus2video.data_modules.splits import SPLITS, check_disjoint, read_split, split_by_patient, write_split
 from fundus2video.data_modules.transforms import PairedTransform
-from torch.utils.data import DataLoader, Dataset
-
-from fundus2video.config import AugmentConfig
 from fundus2video.errors import DataError
 
 log = logging.getLogger("fundus2video")
@@ -106,11 +107,15 @@ class Fundus2VideoDataModule(L.LightningDataModule):
         """Order and per-sample seeds from `SeededSampler` (exact resume, DDP sharding)."""
         self.setup()
         workers = self.cfg["num_workers"]
-        sampler = self.samplers[split] = SeededSampler(len(self.datasets[split]), self.seed, shuffle)
+        # training shards are padded to equal length (every rank steps alike); evaluation counts each case once
+        sampler = self.samplers[split] = SeededSampler(len(self.datasets[split]), self.seed, shuffle,
+                                                       pad=split == "train")
         if split == "train" and self._resume is not None:
             sampler.skip(self._resume[1], epoch=self._resume[0])
         return DataLoader(self.datasets[split], batch_size=self.cfg["batch_size"], sampler=sampler,
                           num_workers=workers, persistent_workers=workers > 0,
+                          # page-locked batches copy to a GPU asynchronously; nothing to gain without one
+                          pin_memory=bool(self.cfg.get("pin_memory", True)) and torch.cuda.is_available(),
                           drop_last=shuffle and len(sampler) > self.cfg["batch_size"])
 
     def train_dataloader(self) -> DataLoader:

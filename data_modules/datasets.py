@@ -3,7 +3,7 @@
 Every case, phantom or real, goes through the same steps: read (cases.py) -> field of view,
 zero outside, crop to the ROI box (knowledge.py) -> paired transform to S x S (augmented at
 train time, a plain resize otherwise; transforms.py) -> knowledge mask from the first and
-last frame -> tensors. Every dataset returns the same sample dict (DESIGN.md's batch layout):
+last frame -> tensors. Every dataset returns the same sample dict (docs/DESIGN.md's batch layout):
   cf (3, S, S) float in [-1, 1] | frames (T, 1, S, S) float in [-1, 1] (FFA green channel)
   km (1, S, S) knowledge mask {0, 1} | roi (1, S, S) field of view {0, 1}
   lesion (1, S, S) lesion mask {0, 1} (all zeros when unknown) | times (T,) seconds
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from fundus2video.data_modules.cases import CaseRecord, RawCase, load_case, select_frames
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.transforms import PairedTransform
-from torch.utils.data import Dataset
-
 from fundus2video.knowledge import KM_THRESHOLD, crop_to_roi, knowledge_mask
 
 # Phantom case indices of each split start far apart, so no patient (index // 2) is shared.

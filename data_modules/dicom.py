@@ -40,7 +40,7 @@ import pydicom
 from tqdm import tqdm
 
 from fundus2video.errors import UserError
-from fundus2video.video_io import atomic_path
+from fundus2video.io import atomic_path
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
 OP_16BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.2"  # Ophthalmic Photography 16 Bit Image Storage

@@ -13,11 +13,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from fundus2video.data_modules.phantom import make_case
 from tqdm import tqdm
 
+from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
-from fundus2video.video_io import atomic_path, write_mp4, write_png
+from fundus2video.io import atomic_path
+from fundus2video.video_io import write_mp4, write_png
 
 CASE_FILE = re.compile(r"cf\.png|lesion(_[a-z_]+)?\.png|vessels\.png|ffa\.mp4|ffa/\d{3}\.png")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fundus2video.errors import DataError
-from fundus2video.video_io import atomic_path
+from fundus2video.io import atomic_path
 
 SPLITS = ("train", "val", "test")
 

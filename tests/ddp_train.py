@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import torch
-from fundus2video.data_modules import Fundus2VideoDataModule
 
+from fundus2video.commands.train import build_trainer
 from fundus2video.config import load_config, to_plain
+from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.module import Fundus2VideoModule
-from fundus2video.train import build_trainer
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

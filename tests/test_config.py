@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fundus2video.cli import main
+from fundus2video.commands.cli import main
 from fundus2video.config import ConfigError, from_plain, load_config, to_plain
 
 # experiments (sweep files are wandb sweep configurations, validated in test_sweep.py)
@@ -119,3 +119,17 @@ def test_an_experiment_file_must_be_a_mapping(tmp_path):
         load_config(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="scalar.yaml: 'data' must be a mapping of keys"):
         load_config(tmp_path / "scalar.yaml")
+
+
+def test_a_renamed_key_names_its_new_name_and_old_checkpoints_still_load(tmp_path, capsys):
+
+    assert main(["train", "smoke", "loss.gan_km=0.5", f"logging.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'loss.gan_km' was renamed to 'loss.kad'" in err, err
+    old = tmp_path / "old.yaml"
+    old.write_text("loss:\n  gan_km: 0.5\n")
+    with pytest.raises(ConfigError, match="'loss.gan_km' was renamed to 'loss.kad'"):
+        load_config(old)
+    saved = to_plain(load_config("experiments/smoke.yaml", ["loss.kad=0.5"]))
+    saved["loss"]["gan_km"] = saved["loss"].pop("kad")  # a checkpoint's config from before the rename
+    assert from_plain(saved).loss.kad == 0.5

@@ -10,14 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from fundus2video.config import to_plain
 from fundus2video.data_modules.cases import folder_records, load_case, manifest_records, select_frames
 from fundus2video.data_modules.check import check_records, format_table
 from fundus2video.data_modules.datamodule import Fundus2VideoDataModule
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.splits import check_disjoint, read_split, split_by_patient, write_split
-
-from fundus2video.config import to_plain
 from fundus2video.errors import CaseError, DataError
 
 K = 3
@@ -280,7 +280,7 @@ def test_an_excel_bom_is_read_and_a_cases_csv_row_listed_twice_is_refused(tmp_pa
 ])
 def test_pictures_that_are_no_fundus_photo_are_refused(tmp_path, picture, message, capsys):
     """In data check (and so in training) and in generate alike: the photo is read in one place."""
-    from fundus2video.cli import main
+    from fundus2video.commands.cli import main
 
     root = write_phantom(tmp_path / "data", 1, size=48, n_frames=4, video="png", progress=False)
     cv2.imwrite(str(root / "phantom0000" / "cf.png"), picture)
@@ -335,8 +335,9 @@ def test_case_folder_names_in_any_case_and_extension(tmp_path):
 
 
 def test_jpeg_exif_orientation_is_applied(tmp_path):
-    from fundus2video.data_modules.cases import read_cf
     from PIL import Image
+
+    from fundus2video.data_modules.cases import read_cf
 
     cf = make_case(3, size=64, n_frames=2).cf
     wide = np.ascontiguousarray(cf[:, 8:56])  # 64 x 48: the rotation shows in the shape

@@ -23,9 +23,9 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 import pytest
-from fundus2video.data_modules.phantom import make_case
 
-from fundus2video import demo as demo_mod
+from fundus2video.commands import demo as demo_mod
+from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
 from fundus2video.video_io import read_video, write_png
 
@@ -46,7 +46,7 @@ def test_a_missing_extra_names_its_install_command(monkeypatch):
 
 
 def _command(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fundus2video.demo", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "fundus2video.commands.demo", *args], capture_output=True, text=True)
 
 
 def test_the_module_runs_as_a_command(tmp_path):
@@ -71,8 +71,8 @@ def test_non_fundus_pictures_are_told_apart(tmp_path):
 def ckpt(tmp_path_factory):
     if os.environ.get("FUNDUS2VIDEO_DEMO_CKPT"):
         return Path(os.environ["FUNDUS2VIDEO_DEMO_CKPT"])
+    from fundus2video.commands.train import train
     from fundus2video.config import load_config
-    from fundus2video.train import train
     from tests.conftest import TINY
 
     root = tmp_path_factory.mktemp("demo")

@@ -16,16 +16,16 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from fundus2video.data_modules import dicom
-from fundus2video.data_modules.cases import folder_records, load_case
-from fundus2video.data_modules.phantom import make_case
-from fundus2video.data_modules.splits import split_by_patient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian
 
-from fundus2video import cli
+from fundus2video.commands import cli
+from fundus2video.data_modules import dicom
+from fundus2video.data_modules.cases import folder_records, load_case
+from fundus2video.data_modules.phantom import make_case
+from fundus2video.data_modules.splits import split_by_patient
 
 OP8, OP16 = dicom.OP_8BIT, dicom.OP_16BIT
 JPEG_LS, JPEG_2000 = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"
@@ -232,8 +232,8 @@ def test_clean_import_is_read_by_the_package_in_time_order(clean, tmp_path, caps
     assert cli.main(["data", "check", str(out), "data.size=32"]) == 0
     assert "4 cases, 4 ok, 0 bad" in capsys.readouterr().out
     # and training reads them, as `make train ARGS="data.source=folders data.root=DIR"` does
+    from fundus2video.commands.train import train
     from fundus2video.config import load_config
-    from fundus2video.train import train
     from tests.conftest import TINY
 
     cfg = load_config("experiments/smoke.yaml", [*TINY, "data.source=folders", f"data.root={out}",

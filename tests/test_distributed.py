@@ -10,7 +10,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).with_name("ddp_train.py")
-FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.gan_km=1", "loss.nce=1",
+FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.kad=1", "loss.nce=1",
         "loss.gv=5", "loss.vgg=0", "loss.nce_layers=[0,4,8,12,16]"]
 
 
@@ -31,11 +31,28 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path):
     assert m0["val/psnr"] == m1["val/psnr"] and m0["val/ssim"] == m1["val/ssim"]
 
 
+@pytest.mark.slow
+def test_ddp_ranks_share_rank_zeros_run_directory(tmp_path):
+    """Every rank runs `train()`; only rank 0 makes the run directory and moves `latest`, the other
+    rank uses the same directory (no second directory, no `latest` pointing at one without checkpoints)."""
+    import json
+
+    subprocess.run([sys.executable, str(SCRIPT.with_name("ddp_run.py")), str(tmp_path)], check=True, cwd=tmp_path,
+                   timeout=600, capture_output=True)
+    used = {json.loads((tmp_path / f"rank{r}.json").read_text())["run_dir"] for r in (0, 1)}
+    runs = tmp_path / "runs" / "smoke"
+    made = sorted(p.name for p in runs.iterdir() if not p.is_symlink() and not p.name.startswith("."))
+    assert len(used) == 1 and len(made) == 1, (used, made)
+    assert (runs / "latest").resolve() == Path(used.pop()).resolve() == (runs / made[0]).resolve()
+    for name in ("checkpoints/last.ckpt", "config.yaml", "run.json", "metrics.csv"):
+        assert (runs / made[0] / name).is_file(), name
+
+
 def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, monkeypatch):
     from lightning.pytorch.strategies import DDPStrategy
 
+    from fundus2video.commands.train import check_resources, strategy
     from fundus2video.config import ConfigError
-    from fundus2video.train import check_resources, strategy
 
     t = tiny("trainer.devices=2").trainer  # auto on 2 devices: Lightning alone would pick plain DDP
     for name, start in (("auto", "popen"), ("ddp", "popen"), ("ddp_spawn", "spawn"),
@@ -44,6 +61,9 @@ def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, mo
         assert isinstance(chosen, DDPStrategy) and chosen._ddp_kwargs["find_unused_parameters"] is True, name
         assert chosen._start_method == start
     assert strategy("auto", tiny().trainer) == "auto"  # one device: nothing to reduce
+    with pytest.raises(ConfigError, match="loss.d_pass=shared runs in one process only"):
+        check_resources(tiny("trainer.devices=2", "loss.d_pass=shared"))
+    check_resources(tiny("loss.d_pass=shared"))  # one device: fine
     with pytest.raises(ConfigError, match="ddp_find_unused_parameters_false: this GAN"):
         check_resources(tiny("trainer.strategy=ddp_find_unused_parameters_false"))
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)

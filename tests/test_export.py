@@ -11,11 +11,11 @@ import textwrap
 import pytest
 import torch
 
+from fundus2video.commands.export import ONNX_MISSING, export_generator
+from fundus2video.commands.train import train
 from fundus2video.config import load_config
 from fundus2video.errors import UserError
-from fundus2video.export import ONNX_MISSING, export_generator
-from fundus2video.generate import load_module
-from fundus2video.train import train
+from fundus2video.hub import load_module
 from tests.conftest import TINY
 
 # runs in a fresh interpreter outside the repository: torch (and onnxruntime) only

@@ -7,12 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from fundus2video.data_modules.phantom import make_case
 
 import fundus2video
+from fundus2video.commands.train import train
+from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
-from fundus2video.generate import generate_videos, load_module, prepare_photo
-from fundus2video.train import train
+from fundus2video.hub import load_module
+from fundus2video.inference import generate_videos, prepare_photo
 from fundus2video.video_io import read_video
 
 
@@ -191,7 +192,7 @@ def test_bf16_generation_is_close_to_fp32_and_finite(tmp_path, kba_module, photo
 
 
 def test_outputs_never_replace_an_input_or_each_other(tmp_path, ckpt, capsys):
-    from fundus2video.cli import main
+    from fundus2video.commands.cli import main
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -226,7 +227,7 @@ def test_outputs_never_replace_an_input_or_each_other(tmp_path, ckpt, capsys):
 def test_folder_names_stay_unique():
     from pathlib import Path
 
-    from fundus2video.generate import folder_targets
+    from fundus2video.inference import folder_targets
 
     photos = [Path(n) for n in ("a.png", "a.PNG", "a.jpg", "a_png.jpg", "b.png")]
     names = [t.name for t in folder_targets(photos, Path("out"))]

@@ -15,16 +15,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from fundus2video.data_modules.phantom import make_case
 from safetensors.torch import load_file, save_file
 
 from fundus2video import hub
-from fundus2video.cli import main
+from fundus2video.commands.cli import main
+from fundus2video.commands.train import train
 from fundus2video.config import load_config
+from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
-from fundus2video.generate import generate_videos, load_module, prepare_photo
+from fundus2video.hub import load_module
+from fundus2video.inference import generate_videos, prepare_photo
 from fundus2video.module import Fundus2VideoModule
-from fundus2video.train import train
 from fundus2video.video_io import read_video
 from tests.conftest import TINY
 

@@ -1,8 +1,8 @@
 import cv2
 import numpy as np
 import torch
-from fundus2video.data_modules.transforms import PairedTransform
 
+from fundus2video.data_modules.transforms import PairedTransform
 from fundus2video.knowledge import crop_to_roi, fov_mask, knowledge_mask, roi_box
 
 

@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from fundus2video.commands.import_weights import import_weights
+from fundus2video.commands.train import build_trainer, train
 from fundus2video.config import load_config, to_plain
 from fundus2video.errors import ConfigError, UserError
 from fundus2video.losses import feature_matching_loss, gradient_variance_loss, lsgan_loss
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.networks.discriminator import pix2pixhd_key
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
-from fundus2video.train import build_trainer, train
-from fundus2video.weights import import_weights
 
 # the full method (the smoke experiment the tiny configs start from is the backbone only)
-FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.gan_km=1", "loss.nce=1", "loss.gv=5",
+FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.kad=1", "loss.nce=1", "loss.gv=5",
         "model.init=normal", "loss.nce_layers=[0,4,8,12,16]"]
 
 
@@ -53,7 +53,7 @@ def test_kba_off_is_plain_pix2pixhd_and_on_adds_heads():
 
 
 def test_kba_loss_pulls_attention_toward_the_mask(full):
-    m = _module(full, "loss.nce=0", "loss.gan_km=0")
+    m = _module(full, "loss.nce=0", "loss.kad=0")
     cf, prev, target, km = _inputs()
     _, _, parts, _, _ = m.window_losses(cf, prev, target, km)
     _, _, parts_other, _, _ = m.window_losses(cf, prev, target, 1 - km)

@@ -198,7 +198,7 @@ def test_fast_enough():
 def test_writing_the_phantom_over_a_folder(tmp_path, capsys):
     """An existing phantom is replaced only with --overwrite, and then entirely (no old frames are
     left to pair with new photos); a folder holding anything else is never replaced."""
-    from fundus2video.cli import main
+    from fundus2video.commands.cli import main
 
     out = tmp_path / "ph"
     args = ["data", "phantom", "--out", str(out), "--size", "48", "--frames", "4", "--video", "png"]
@@ -217,7 +217,7 @@ def test_writing_the_phantom_over_a_folder(tmp_path, capsys):
 
 
 def test_overwrite_never_deletes_what_the_phantom_did_not_write(tmp_path, capsys):
-    from fundus2video.cli import main
+    from fundus2video.commands.cli import main
 
     out = tmp_path / "ph"
     args = ["data", "phantom", "--out", str(out), "--size", "48", "--frames", "4", "--video", "png", "--cases", "1"]

@@ -7,9 +7,9 @@ import math
 import lightning as L
 import torch
 
-import fundus2video.train as train_module
+import fundus2video.commands.train as train_module
+from fundus2video.commands.train import train
 from fundus2video.module import Fundus2VideoModule
-from fundus2video.train import train
 from tests.test_knowledge_guidance import FULL
 
 
@@ -40,19 +40,29 @@ def test_16_mixed_skips_only_the_overflowing_step(tiny, monkeypatch):
 
     def overflowing_first_window(self, *args):
         fake, g_total, g_parts, d_total, d_parts = losses(self, *args)
-        return fake, (g_total * math.inf if "g" not in seen else g_total), g_parts, d_total, d_parts
+        overflow = "overflowed" not in seen  # the first window's G loss only
+        seen["overflowed"] = True
+        return fake, (g_total * math.inf if overflow else g_total), g_parts, d_total, d_parts
 
     def observed_step(self, *args):
         first = "g" not in seen
+        g_before, step_before = next(self.generator.parameters()).detach().clone(), self.g_step
         if first:
             seen["scale"] = self.trainer.precision_plugin.scaler.get_scale()
+            seen["g_step"], seen["lr"] = self.g_step, self.optimizers()[0].param_groups[0]["lr"]
+            seen["sched"] = [s.last_epoch for s in self.lr_schedulers()]
             seen["g"] = [p.detach().clone() for p in self.generator.parameters()]
             seen["d"] = [p.detach().clone() for p in self.discriminator.parameters()]
         out = step(self, *args)
         if first:
             seen["scale_after"] = self.trainer.precision_plugin.scaler.get_scale()
+            seen["g_step_after"] = self.g_step
+            seen["sched_after"] = [s.last_epoch for s in self.lr_schedulers()]
             seen["g_after"] = [p.detach().clone() for p in self.generator.parameters()]
             seen["d_after"] = [p.detach().clone() for p in self.discriminator.parameters()]
+        # (G moved, the clock advanced) for every window
+        seen.setdefault("windows", []).append(
+            (not torch.equal(g_before, next(self.generator.parameters())), self.g_step - step_before))
         return out
 
     monkeypatch.setattr(Fundus2VideoModule, "window_losses", overflowing_first_window)
@@ -61,6 +71,11 @@ def test_16_mixed_skips_only_the_overflowing_step(tiny, monkeypatch):
     assert seen["scale_after"] == seen["scale"] / 2  # halved once, by G's skipped step; D's was finite
     assert all(torch.equal(a, b) for a, b in zip(seen["g"], seen["g_after"]))  # G's step was skipped
     assert any(not torch.equal(a, b) for a, b in zip(seen["d"], seen["d_after"]))  # D stepped
+    # a skipped step is not a step of the schedules: the clock and both schedulers stay; the next one counts
+    assert seen["g_step_after"] == seen["g_step"] and seen["sched_after"] == seen["sched"]
+    # so in every window (fp16 overflows at the first scales happen naturally too): the clock counts G's steps
+    assert all(advanced == int(moved) for moved, advanced in seen["windows"]), seen["windows"]
+    assert any(moved for moved, _ in seen["windows"])
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 

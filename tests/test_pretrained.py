@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fundus2video import pretrained
-from fundus2video.cli import main
+from fundus2video.commands.cli import main
 from fundus2video.config import to_plain
 from fundus2video.errors import ConfigError, UserError
 from fundus2video.pretrained import WEIGHTS, cache_dir, fetch, list_weights, resolve
@@ -206,9 +206,9 @@ def test_unknown_hash_is_never_downloaded_automatically(server, monkeypatch, cac
 
 
 def test_auto_in_training_fetches_before_the_run_and_loads_in_setup(server, monkeypatch, cache, tmp_path, tiny):
+    from fundus2video.commands.train import check_resources
     from fundus2video.losses.perceptual import VGG19Features, load_vgg19
     from fundus2video.module import Fundus2VideoModule
-    from fundus2video.train import check_resources
 
     data = saved(stride0_state(VGG19Features), tmp_path / "vgg19.pth")
     serve(server, monkeypatch, "vgg19", data)
@@ -245,7 +245,7 @@ class Detector(nn.Module):
 
 
 def test_auto_in_evaluate_resolves_lpips_and_i3d_or_skips_with_the_reason(server, monkeypatch, cache, tmp_path):
-    from fundus2video.evaluate import Scores
+    from fundus2video.commands.evaluate import Scores
     from fundus2video.metrics.lpips import LPIPSBackbone
 
     monkeypatch.setenv("FUNDUS2VIDEO_OFFLINE", "1")

@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
+from fundus2video.commands.train import train
 from fundus2video.config import load_config
-from fundus2video.train import train
 from tests.conftest import TINY
 
 OTHER_PROJECT = textwrap.dedent("""

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fundus2video.cli import main
-from fundus2video.study import load_study, run_study, units
-from fundus2video.study_report import README_BEGIN, README_END, build_report, load_units, paired_difference
+from fundus2video.commands.cli import main
+from fundus2video.commands.study import load_study, run_study, units
+from fundus2video.commands.study_report import README_BEGIN, README_END, build_report, load_units, paired_difference
 
 SPEC = """variants: [fundus2video, pix2pixhd]
 seeds: [0, 1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fundus2video import sweep as sw
+from fundus2video.commands import sweep as sw
 from fundus2video.config import load_config
 from fundus2video.errors import ConfigError, UserError
 from tests.conftest import TINY
@@ -128,7 +128,7 @@ def test_failed_runs_are_recorded_and_ranked_last(tmp_path, monkeypatch, capsys)
         (run_dir / "metrics.csv").write_text(f"epoch,val/psnr\n0,1.0\n1,{cfg.loss.l1 + cfg.optim.lr * 1000}\n2,\n")
         return run_dir
 
-    monkeypatch.setattr("fundus2video.train.train", fake_train)
+    monkeypatch.setattr("fundus2video.commands.train.train", fake_train)
     parser = argparse.ArgumentParser()
     sw.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sweep", "smoke_grid", "--local", f"--out={tmp_path}", "--count", "9", *TINY])

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 
 # name -> the submodule it lives in, imported on first use: `import fundus2video` stays free of torch
-_LAZY = {"generate_video": "generate", "generate_videos": "generate", "load_generator": "hub",
+_LAZY = {"generate_video": "inference", "generate_videos": "inference", "load_generator": "hub",
          "LoadedGenerator": "hub", "save_hub": "hub", "Fundus2VideoModule": "module",
          "Fundus2VideoDataModule": "data_modules"}
 __all__ = ["__version__", *_LAZY]

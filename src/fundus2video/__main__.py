@@ -1,4 +1,4 @@
-from fundus2video.cli import main
+from fundus2video.commands.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,7 +10,7 @@ the key and, for a typo, the nearest valid key.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,16 @@ from omegaconf.errors import OmegaConfBaseException
 from fundus2video.errors import ConfigError
 
 __all__ = ["ConfigError", "ExperimentConfig", "from_plain", "load_config", "to_plain"]
+
+
+def choice(default: str, *others: str) -> Any:
+    """An enum-like key: `default` or one of `others`. The schema keeps the choices
+    (`_check_choices` names them when a value is not one)."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+# keys that were renamed: the old name stops with a one-line error naming the new one
+RENAMED = {"loss.gan_km": "loss.kad"}
 
 
 @dataclass
@@ -79,7 +89,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "phantom"  # phantom (procedural, in memory) | folders | manifest
+    source: str = choice("phantom", "folders", "manifest")  # phantom (procedural, in memory) | folders | manifest
     root: str = ""  # folders: the folder of case folders; manifest: the CSV file
     size: int = 512  # S: every image is cropped to its field of view and resized to S x S
     n_frames: int = 12  # frames per video (phantom; folders: evenly spaced, first and last kept)
@@ -88,6 +98,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 1  # videos per batch (the paper uses 1)
     num_workers: int = 0  # DataLoader worker processes
+    pin_memory: bool = True  # page-locked batches, for asynchronous copies to a GPU (no effect without one)
     check: bool = True  # read every case before training and stop on bad ones
     # refuse a CF photo that is not orange-red inside its field of view (noise, grey pictures);
     # false for pseudo-colour cameras (e.g. Optos), whose photos are green-dominant
@@ -100,12 +111,13 @@ class DataConfig:
 
 @dataclass
 class GeneratorConfig:
-    netg: str = "global"  # global (pix2pixHD global generator) | local (plus a local enhancer, 2x resolution)
+    # global (pix2pixHD global generator) | local (plus a local enhancer, 2x resolution)
+    netg: str = choice("global", "local")
     ngf: int = 64  # filters of the first conv layer (local: of the local branch; the global one has 2x)
     n_downsample: int = 4  # stride-2 convolutions (and transposed convolutions)
     n_blocks: int = 9  # residual blocks at the bottleneck
     n_blocks_local: int = 3  # residual blocks of the local enhancer (netg=local)
-    padding: str = "reflect"  # padding of the residual blocks: reflect | replicate | zero
+    padding: str = choice("reflect", "replicate", "zero")  # padding of the residual blocks: reflect | replicate | zero
     # knowledge-boosted attention: stages among bottleneck, up1..up{n_downsample}; [] = off
     kba_stages: list[str] = field(default_factory=lambda: ["bottleneck"])
 
@@ -122,23 +134,28 @@ class ModelConfig:
     window: int = 3  # K: frames predicted per autoregressive step (frames as channels)
     # the mask guiding KBA, the knowledge-aware D and PatchNCE: knowledge (|early - late| > t),
     # lesion (masks given with the data), none (all ones)
-    mask_source: str = "knowledge"
+    mask_source: str = choice("knowledge", "lesion", "none")
     # weight initialisation of G and D: normal (pix2pixHD: conv weights ~ N(0, 0.02)) | pytorch
     # (PyTorch's defaults; converges faster for the narrow networks of CPU demos)
-    init: str = "normal"
+    init: str = choice("normal", "pytorch")
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    # G and D in channels-last memory layout: faster convolutions on GPUs with tensor cores (NHWC kernels)
+    channels_last: bool = False
+    # torch.compile G and D for training (the first windows wait for the compilation; on a GPU the fused
+    # kernels then save launches; on a CPU it costs minutes and gains little)
+    compile: bool = False
 
 
 @dataclass
 class LossConfig:
-    # weights of the generator's terms (METHOD.md "Losses"); 0 switches a term off
+    # weights of the generator's terms (docs/METHOD.md, "Losses"); 0 switches a term off
     gan: float = 2.0  # LSGAN adversarial term G_GAN
     feat: float = 10.0  # discriminator feature matching
     vgg: float = 10.0  # VGG19 perceptual loss (needs vgg_weights)
     gv: float = 5.0  # gradient variance (Sobel gradients, gv_patch x gv_patch patches)
     nce: float = 1.0  # mask-enhanced PatchNCE
-    gan_km: float = 1.0  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
+    kad: float = 1.0  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
     att: float = 1.0  # KBA auxiliary loss: BCE(attention, mask resized)
     l1: float = 0.0  # plain L1 to the real frames (not in the paper; for quick CPU demos)
     # torchvision-format VGG19 ImageNet weights (vgg19-dcbb9e9d.pth): a path, or auto ("" too): the
@@ -150,6 +167,11 @@ class LossConfig:
     nce_temperature: float = 0.07
     nce_dim: int = 256  # width of the projector MLP
     nce_identity: bool = True  # CUT mode: also the identity term NCE(real, fake), averaged with NCE(CF, fake)
+    # how D judges the fake: separate (D judges the detached fake again for its own loss, as the release
+    # does) | shared (one pass serves G's adversarial terms and D's loss, each backward restricted to its
+    # own network: one D forward fewer; one process only, DDP cannot follow restricted backward passes).
+    # The same gradients
+    d_pass: str = choice("separate", "shared")
 
 
 @dataclass
@@ -167,15 +189,21 @@ class OptimConfig:
     beta2: float = 0.999
     epochs_constant: int = 10  # epochs at the initial learning rate
     epochs_decay: int = 40  # epochs of linear decay to 0 (counted in generator steps)
+    # under DDP every rank steps on its own video and the gradients are averaged: N GPUs train with an
+    # effective batch of N x data.batch_size and 1/N of the generator steps per epoch. none keeps optim.lr;
+    # linear multiplies it by the world size, sqrt by its square root (the usual large-batch rules)
+    lr_scaling: str = choice("none", "linear", "sqrt")
+    # Adam's fused kernel (one kernel per step for all parameters): auto = on CUDA, true | false
+    fused: Any = "auto"
 
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "auto"  # cpu | gpu | auto
+    accelerator: str = choice("auto", "cpu", "gpu", "cuda", "mps")
     devices: Any = "auto"  # number of devices or "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ...
-    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    precision: str = choice("32", "bf16-mixed", "16-mixed")
     max_epochs: int = -1  # -1: epochs_constant + epochs_decay
     # Lightning's meaning: a float is a fraction of the batches, an int a number of batches
     limit_train_batches: Any = 1.0
@@ -189,6 +217,12 @@ class TrainerConfig:
     deterministic: Any = False
     # also write checkpoints/last.ckpt every N training videos (batches); 0 = at epoch ends only
     checkpoint_every_n_batches: int = 0
+    # cudnn.benchmark: cuDNN times its convolution algorithms on the first window and keeps the fastest
+    # (the input size never changes in training); not deterministic
+    benchmark: bool = False
+    # float32 matrix products and convolutions: highest (true fp32) | high (TF32 on Ampere and later:
+    # faster, about 3 significant digits fewer) | medium (bf16 internally)
+    matmul_precision: str = choice("highest", "high", "medium")
 
 
 @dataclass
@@ -197,7 +231,7 @@ class LoggingConfig:
     project: str = "fundus2video"  # wandb project
     group: str = ""  # wandb group ("" = none)
     # auto (WANDB_MODE, else online with credentials, else offline) | online | offline | disabled
-    wandb: str = "auto"
+    wandb: str = choice("auto", "online", "offline", "disabled")
     n_samples: int = 2  # validation cases shown in sample videos and mask images
     fps: int = 4  # frame rate of the sample videos
 
@@ -246,6 +280,9 @@ def _explain(err: OmegaConfBaseException, source: str, item: str = "") -> Config
     key = getattr(err, "full_key", None) or item.split("=", 1)[0]
     msg = (getattr(err, "msg", None) or str(err) or type(err).__name__).splitlines()[0]
     if "not in struct" in msg or ("Key '" in msg and "not" in msg):
+        if key in RENAMED:
+            return ConfigError(f"{source}: '{key}' was renamed to '{RENAMED[key]}' (same meaning): write "
+                               f"{RENAMED[key]}")
         close = nearest_key(key)
         hint = f"; did you mean '{close}'?" if close else ""
         return ConfigError(f"{source}: unknown key '{key}'{hint}")
@@ -329,8 +366,7 @@ def _check(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need(cfg.data.source in ("phantom", "folders", "manifest"),
-         f"data.source: unknown source '{cfg.data.source}' (expected: phantom, folders, manifest)")
+    _check_choices(cfg, ExperimentConfig, "", need)
     need(cfg.data.source == "phantom" or bool(cfg.data.root),
          f"data.root: required for data.source={cfg.data.source} (the "
          + ("folder of case folders)" if cfg.data.source == "folders" else "manifest CSV)"))
@@ -344,10 +380,6 @@ def _check(cfg: DictConfig) -> None:
     need(cfg.data.n_frames >= 2, "data.n_frames: need at least 2 frames (one to condition, one to predict)")
     need(cfg.model.window >= 1, "model.window: K must be >= 1")
     need(0.0 < cfg.data.km_threshold < 1.0, "data.km_threshold: expected a value in (0, 1)")
-    need(cfg.logging.wandb in ("auto", "online", "offline", "disabled"),
-         f"logging.wandb: '{cfg.logging.wandb}' is not one of auto, online, offline, disabled")
-    need(cfg.trainer.precision in ("32", "bf16-mixed", "16-mixed"),
-         f"trainer.precision: '{cfg.trainer.precision}' is not one of 32, bf16-mixed, 16-mixed")
     for key in ("limit_train_batches", "limit_val_batches"):
         value = cfg.trainer[key]
         need(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
@@ -355,11 +387,6 @@ def _check(cfg: DictConfig) -> None:
     need(cfg.loss.gv == 0 or cfg.model.window == 3,
          f"loss.gv: the release's gradient variance blends the window's three frames like RGB; it needs "
          f"model.window=3 (got {cfg.model.window}) or loss.gv=0")
-    need(cfg.model.mask_source in ("knowledge", "lesion", "none"),
-         f"model.mask_source: '{cfg.model.mask_source}' is not one of knowledge, lesion, none")
-    need(cfg.model.init in ("normal", "pytorch"), f"model.init: '{cfg.model.init}' is not one of normal, pytorch")
-    need(cfg.model.generator.netg in ("global", "local"),
-         f"model.generator.netg: '{cfg.model.generator.netg}' is not one of global, local")
     stages = ["bottleneck"] + [f"up{i}" for i in range(1, cfg.model.generator.n_downsample + 1)]
     bad = [s for s in cfg.model.generator.kba_stages if s not in stages]
     need(not bad, f"model.generator.kba_stages: unknown stage(s) {bad} (expected some of {stages})")
@@ -367,6 +394,18 @@ def _check(cfg: DictConfig) -> None:
     need(cfg.optim.epochs_constant >= 0 and cfg.optim.epochs_decay >= 0,
          "optim.epochs_constant/epochs_decay: must be >= 0")
     _check_ranges(cfg, need)
+
+
+def _check_choices(cfg: DictConfig, schema: type, prefix: str, need) -> None:
+    """Every enum-like key (`choice`) of the schema holds one of its values."""
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        if "choices" in f.metadata:
+            value = cfg[f.name]
+            need(value in f.metadata["choices"],
+                 f"{key}: '{value}' is not one of {', '.join(f.metadata['choices'])}")
+        elif is_dataclass(f.default_factory if f.default_factory is not MISSING else None):
+            _check_choices(cfg[f.name], f.default_factory, f"{key}.", need)
 
 
 def _check_ranges(cfg: DictConfig, need) -> None:
@@ -403,15 +442,14 @@ def _check_ranges(cfg: DictConfig, need) -> None:
         within(f"data.augment.{key}", 0.0, 1.0)
     for key in ("rotate", "scale", "translate", "brightness", "contrast", "saturation", "hue", "gamma"):
         at_least(f"data.augment.{key}", 0.0)
-    for key in ("gan", "feat", "vgg", "gv", "nce", "gan_km", "att", "l1"):
+    for key in ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1"):
         at_least(f"loss.{key}", 0.0, ": a loss weight; 0 switches the term off")
     need(cfg.loss.nce_temperature > 0, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of range "
          "(expected > 0)")
+    need(cfg.optim.fused in (True, False, "auto"),
+         f"optim.fused: {cfg.optim.fused!r} is not one of auto, true, false")
     need(cfg.trainer.deterministic in (True, False, "warn"),
          f"trainer.deterministic: {cfg.trainer.deterministic!r} is not one of true, false, warn")
-    accelerators = ("auto", "cpu", "gpu", "cuda", "mps")
-    need(cfg.trainer.accelerator in accelerators,
-         f"trainer.accelerator: '{cfg.trainer.accelerator}' is not one of {', '.join(accelerators)}")
     devices = cfg.trainer.devices
     count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
     text = devices.replace(" ", "") if isinstance(devices, str) else ""
@@ -428,6 +466,40 @@ def to_plain(cfg: DictConfig) -> dict:
 
 def from_plain(data: dict) -> DictConfig:
     """Rebuild a validated config from `to_plain` output (e.g. a checkpoint's hparams)."""
+    data = _migrated(data)
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _migrated(data: dict) -> dict:
+    """A checkpoint's config saved under old key names, with the current ones (checkpoints
+    cannot be edited, unlike experiment files, which are told the new name)."""
+    data = dict(data)
+    for old, new in RENAMED.items():
+        (o_section, o_key), n_key = old.split("."), new.split(".")[1]
+        section = data.get(o_section)
+        if isinstance(section, dict) and o_key in section:
+            section = dict(section)
+            value = section.pop(o_key)
+            section.setdefault(n_key, value)
+            data[o_section] = section
+    return data
+
+
+def resolve_experiment(name: str) -> Path:
+    """A YAML path, or a name looked up as experiments/NAME.yaml."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if path.is_file():
+            return path
+        candidates = [path]
+    else:
+        candidates = [Path("experiments") / f"{name}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    folder = candidates[0].parent
+    known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    hint = f" (available in {folder}/: {', '.join(known)})" if known else ""
+    raise ConfigError(f"experiment not found: {candidates[0]}{hint}")

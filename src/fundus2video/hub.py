@@ -28,15 +28,19 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
 from fundus2video.errors import UserError
+from fundus2video.io import atomic_path
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
 from fundus2video.rollout import rollout
+
+if TYPE_CHECKING:
+    from fundus2video.module import Fundus2VideoModule
 
 FORMAT_VERSION = 1  # of config.json; a newer one is refused (its meaning may have changed)
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
@@ -60,7 +64,7 @@ REPO_ID = re.compile(r"([\w.-]+/)?[\w.-]+")
 class LoadedGenerator(torch.nn.Module):
     """A generator rebuilt from a Hub folder, ready for inference (eval mode).
 
-    `gen(cf, n_frames)`: CF photos (B, 3, H, W) in [-1, 1], prepared as `fundus2video.generate.
+    `gen(cf, n_frames)`: CF photos (B, 3, H, W) in [-1, 1], prepared as `fundus2video.inference.
     prepare_photo` does, -> videos (B, T, 1, H, W) in [-1, 1] (T defaults to the training frame
     count). `cfg` is the part of an experiment config that `generate_videos` / `generate_video`
     and `export` read (data.size, data.n_frames, model.window, model.generator), so this object
@@ -131,7 +135,7 @@ def build_config(cfg: Any) -> dict:
         "n_frames": cfg.data.n_frames,
         "value_range": [-1.0, 1.0],
         "preprocessing": {
-            "function": "fundus2video.generate.prepare_photo",
+            "function": "fundus2video.inference.prepare_photo",
             "input": "a colour fundus photo, RGB, 8 bits per channel",
             "field_of_view": "from the CF's green channel: green > 11 (0..255), its largest connected component, "
                              "dilated with an 11 x 11 cross, holes filled (fundus2video.knowledge.fov_mask); "
@@ -316,7 +320,7 @@ def build_card(config: dict, data: dict | None, run: dict | None, splits: dict, 
         f"| frames | {config['n_frames']} by default (any number: the rollout is autoregressive) |",
         "| values | [-1, 1] in and out |",
         f"| weights | {_md(WEIGHTS)} (safetensors, float32); {_md(CONFIG)} describes the rest |", "",
-        "Preprocessing (as in training, `fundus2video.generate.prepare_photo`): the field of view from the CF's "
+        "Preprocessing (as in training, `fundus2video.inference.prepare_photo`): the field of view from the CF's "
         "green channel (zero outside), crop to its bounding box, resize to size x size, scale to [-1, 1].", "",
         "## Training data", "",
     ]
@@ -401,7 +405,6 @@ def save_hub(module: Any, out: str | Path, run_dir: str | Path | None = None, *,
     """
     from safetensors.torch import save_file
 
-    from fundus2video.video_io import atomic_path
 
     out = Path(out)
     if not LICENSE.fullmatch(license):
@@ -552,8 +555,22 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     folder = hub_folder(local)
     if folder is not None:
         return load_folder(folder, device)
-    from fundus2video.generate import load_module  # a Lightning checkpoint: needs the LightningModule
 
-    module = load_module(local, device)
+    from fundus2video.module import load_checkpoint_module  # a Lightning checkpoint: needs Lightning
+
+    module = load_checkpoint_module(local, device)
     config = build_config(module.cfg)
     return LoadedGenerator(module.generator, config, str(local)).to(device)
+
+
+def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | LoadedGenerator:
+    """A trained model in eval mode from any source: a fundus2video `.ckpt` (the LightningModule), a Hub
+    folder (config.json + model.safetensors, `export --format hub`: a `LoadedGenerator`, inference
+    only, with the same `cfg.data` / `device` / call as the module), an http(s) URL of either, or
+    `hf://REPO_ID[@REV]`. A file that is not a checkpoint fails in one line naming it."""
+    local = resolve(ckpt)  # URLs and hf:// downloaded into their caches; local paths as given
+    if (folder := hub_folder(local)) is not None:
+        return load_folder(folder, device)
+    from fundus2video.module import load_checkpoint_module  # a Lightning checkpoint: needs Lightning
+
+    return load_checkpoint_module(local, device)

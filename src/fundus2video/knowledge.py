@@ -2,7 +2,7 @@
 
 Pure functions on numpy arrays (data loading, inference) and torch tensors (training), shared
 by every code path so that training and inference see identically prepared images.
-Method facts (METHOD.md, "Data" and "Knowledge mask"), read from the authors' release:
+Method facts (docs/METHOD.md, "Data" and "Knowledge mask"), read from the authors' release:
 - ROI = (CF green > 11) AND (every FFA frame > 2), largest connected component, dilated with an
   11 x 11 cross, holes filled. Outside is zeroed; everything is cropped to the ROI's bounding
   box and resized to S x S (the resize, plain or augmented, is data_modules/transforms.py).

@@ -5,27 +5,28 @@ One training batch is a set of whole videos. The module rolls them out window by
 memory does not grow with the number of frames T (the method's memory-saving design).
 The window's previous frames are detached: no gradient flows from one window into another.
 
-Order inside a window follows the authors' release: both losses are computed against the
-same discriminator, then G (with the PatchNCE projector) steps, then D steps (D on the
-detached fake). Loss terms (METHOD.md), each switched off by a zero weight:
-  G = gan * G_GAN + feat * FM + vgg * VGG + gv * GV + nce * NCE + gan_km * G_GAN_km
-      + att * KBA-BCE (+ l1 * L1, not in the paper)
-  D = 1/2 (D_real + D_fake) + 1/2 (D_real_km + D_fake_km)   (the km terms when gan_km > 0)
+Inside a window, as in the authors' release: both losses are computed against the same
+discriminator, then G (with the PatchNCE projector) steps, then D steps. The terms
+(docs/METHOD.md), each switched off by a zero weight:
+  G = gan * G_GAN + feat * FM + vgg * VGG + gv * GV + nce * NCE (mask-enhanced, losses/patchnce.py)
+      + kad * G_GAN_km (losses/kad.py) + att * KBA (losses/kba.py) (+ l1 * L1, not in the paper)
+  D = 1/2 (D_real + D_fake) + 1/2 (D_real_km + D_fake_km)   (the km half when kad > 0)
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from fundus2video.config import from_plain
-from fundus2video.errors import ConfigError
+from fundus2video.errors import ConfigError, UserError
+from fundus2video.io import first_line
 from fundus2video.losses import (
     FeatureMatchingLoss,
     GradientVarianceLoss,
@@ -35,17 +36,12 @@ from fundus2video.losses import (
     load_vgg19,
     mask_enhanced_nce,
 )
-from fundus2video.networks import MultiscaleDiscriminator
+from fundus2video.losses.kad import discriminator_terms, generator_kad_term
+from fundus2video.losses.kba import kba_loss
+from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer, init_weights
 from fundus2video.networks.projector import PatchProjector, probe_channels
-from fundus2video.rollout import (
-    cf_as_frames,
-    num_windows,
-    previous_indices,
-    real_share,
-    rollout,
-    target_indices,
-)
+from fundus2video.rollout import cf_as_frames, frames_from, num_windows, real_share, rollout, scheduled_previous
 
 
 class ConstantThenLinear:
@@ -63,18 +59,9 @@ class ConstantThenLinear:
         return max(0.0, 1.0 - (step - self.constant) / self.decay)
 
 
-class _ValueWithGradientOf(torch.autograd.Function):
-    """`value` forward; backward, the incoming gradient goes to `value` and to `carrier` alike: the
-    gradient of value + carrier - carrier.detach(), without the carrier's value in the result (an
-    overflowing fp16 gradient makes the carrier inf, and the logged loss must not become nan)."""
-
-    @staticmethod
-    def forward(ctx, value: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return grad, grad
+def lr_scale(rule: str, world_size: int) -> float:
+    """The factor `optim.lr_scaling` applies to optim.lr on `world_size` DDP processes."""
+    return {"none": 1.0, "linear": float(world_size), "sqrt": world_size ** 0.5}[rule]
 
 
 class Fundus2VideoModule(L.LightningModule):
@@ -97,7 +84,7 @@ class Fundus2VideoModule(L.LightningModule):
         else:
             self.generator = GlobalGenerator(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.padding,
                                              list(g.kba_stages))
-        self.discriminator = MultiscaleDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d)
+        self.discriminator = KnowledgeAwareDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d, knowledge_aware=w.kad > 0)
         if cfg.model.init == "normal":
             init_weights(self.generator)
             init_weights(self.discriminator)
@@ -126,9 +113,18 @@ class Fundus2VideoModule(L.LightningModule):
         self.lr_factor = ConstantThenLinear()
 
     def setup(self, stage: str) -> None:
-        """Load the VGG19 of the perceptual loss for training (never stored in checkpoints)."""
+        """Load the VGG19 of the perceptual loss for training (never stored in checkpoints); the speed
+        switches `model.channels_last` and `model.compile`."""
         if stage == "fit" and self.cfg.loss.vgg > 0 and self.vgg_loss is None:
             self.vgg_loss = VGGLoss(load_vgg19(self.cfg.loss.vgg_weights)).to(self.device)
+        if stage == "fit" and self.cfg.model.channels_last:
+            for net in (self.generator, self.discriminator, self.vgg_loss):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.cfg.model.compile:
+            # in place: the parameters keep their names, so checkpoints load without compiling
+            self.generator.compile()
+            self.discriminator.compile()
 
     # ------------------------------------------------------------------ inference
     def forward(self, cf: torch.Tensor, n_frames: int) -> torch.Tensor:
@@ -145,8 +141,10 @@ class Fundus2VideoModule(L.LightningModule):
         groups = [{"params": self.generator.parameters()}]
         if self.projector is not None:
             groups.append({"params": self.projector.parameters()})
-        opt_g = torch.optim.Adam(groups, lr=o.lr, betas=betas)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, betas=betas)
+        lr = o.lr * lr_scale(o.lr_scaling, self.trainer.world_size if self._trainer is not None else 1)
+        fused = {"fused": True} if o.fused is True or (o.fused == "auto" and self.device.type == "cuda") else {}
+        opt_g = torch.optim.Adam(groups, lr=lr, betas=betas, **fused)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas, **fused)
         # both schedules advance once per generator step (see `_step_schedules`), never per
         # Lightning `global_step`, which counts the steps of both optimizers
         return ([opt_g, opt_d],
@@ -174,16 +172,6 @@ class Fundus2VideoModule(L.LightningModule):
             return torch.ones_like(batch["km"])
         return batch["lesion"] if source == "lesion" else batch["km"]
 
-    def _d_losses(self, pred_real, pred_fake, pred_real_km=None, pred_fake_km=None):
-        """D: 1/2 (LSGAN(real, 1) + LSGAN(fake, 0)) [+ 1/2 (the same on masked inputs)]."""
-        parts = {"d_real": self.gan_loss(pred_real, True), "d_fake": self.gan_loss(pred_fake, False)}
-        total = 0.5 * (parts["d_real"] + parts["d_fake"])
-        if pred_real_km is not None:
-            parts["d_real_km"] = self.gan_loss(pred_real_km, True)
-            parts["d_fake_km"] = self.gan_loss(pred_fake_km, False)
-            total = total + 0.5 * (parts["d_real_km"] + parts["d_fake_km"])
-        return total, parts
-
     def _vgg(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """K = 3 frames go into VGG as the three colour channels, as in the release; other K
         frame by frame (grey repeated to RGB), averaged."""
@@ -195,128 +183,111 @@ class Fundus2VideoModule(L.LightningModule):
         fold = lambda x: x.flatten(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)  # noqa: E731  (B*K, 3, H, W)
         return self.vgg_loss(fold(fake), fold(target))
 
-    def _g_losses(self, cf, fake, target, km, pred_fake, pred_real, pred_fake_km=None, attention=None):
-        """G's enabled terms, unweighted (weights: `_g_weights`)."""
-        w = self.cfg.loss
-        parts = {"g_gan": self.gan_loss(pred_fake, True)}
-        if w.feat > 0:
-            parts["g_feat"] = self.feat_loss(pred_fake, pred_real)
-        if w.vgg > 0:
-            parts["g_vgg"] = self._vgg(fake, target)
-        if w.gv > 0:
-            parts["g_gv"] = self.gv_loss(fake, target)
-        if w.nce > 0:
-            parts["g_nce"], nce_parts = mask_enhanced_nce(
-                self.generator.encode, self.projector, cf, fake, target, km, list(w.nce_layers),
-                w.nce_patches, w.nce_temperature, identity=w.nce_identity, in_channels=cf.shape[1] + fake.shape[1])
-            # logged only: the CF -> fake term and the identity (real -> fake) term
-            parts.update({{"nce": "g_nce_cf", "nce_idt": "g_nce_idt"}[k]: v.detach() for k, v in nce_parts.items()})
-        if pred_fake_km is not None:
-            parts["g_gan_km"] = self.gan_loss(pred_fake_km, True)
-        if attention:
-            # KBA: each stage's attention toward the mask at that stage's size (area-resized)
-            parts["g_att"] = sum(F.binary_cross_entropy_with_logits(
-                logit.float(), F.interpolate(km.float(), size=logit.shape[-2:], mode="area"))
-                for logit in attention.values()) / len(attention)
-        if w.l1 > 0:
-            parts["g_l1"] = self.l1_loss(fake, target)
-        return parts
-
     def _g_weights(self) -> dict[str, float]:
         w = self.cfg.loss
         return {"g_gan": w.gan, "g_feat": w.feat, "g_vgg": w.vgg, "g_gv": w.gv, "g_nce": w.nce,
-                "g_gan_km": w.gan_km, "g_att": w.att, "g_l1": w.l1}
+                "g_gan_km": w.kad, "g_att": w.att, "g_l1": w.l1}
+
+    def _g_terms(self, cf, fake, target, km, pred_fake, pred_real, pred_fake_km, attention,
+                 nce_rng: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """G's enabled terms, unweighted (weights: `_g_weights`), plus the logged-only parts of NCE."""
+        w = self.cfg.loss
+        terms = {"g_gan": self.gan_loss(pred_fake, True)}
+        if w.feat > 0:
+            terms["g_feat"] = self.feat_loss(pred_fake, pred_real)
+        if w.vgg > 0:
+            terms["g_vgg"] = self._vgg(fake, target)
+        if w.gv > 0:
+            terms["g_gv"] = self.gv_loss(fake, target)
+        if w.nce > 0:
+            terms["g_nce"], nce_parts = mask_enhanced_nce(
+                self.generator.encode, self.projector, cf, fake, target, km, list(w.nce_layers), w.nce_patches,
+                w.nce_temperature, identity=w.nce_identity, in_channels=cf.shape[1] + fake.shape[1],
+                generator=nce_rng)
+            # logged only: the CF -> fake term and the identity (real -> fake) term
+            terms.update({{"nce": "g_nce_cf", "nce_idt": "g_nce_idt"}[k]: v.detach() for k, v in nce_parts.items()})
+        if pred_fake_km is not None:
+            terms["g_gan_km"] = generator_kad_term(pred_fake_km)
+        if attention:
+            terms["g_att"] = kba_loss(attention, km)
+        if w.l1 > 0:
+            terms["g_l1"] = self.l1_loss(fake, target)
+        return terms
 
     # ------------------------------------------------------------------ training
-    def _discriminate(self, *inputs: torch.Tensor) -> list[list[list[torch.Tensor]]]:
-        """D on several inputs in one batched call (D is per-sample: instance norm, convs), split
-        back into one output per input."""
-        n = inputs[0].shape[0]
-        outs = self.discriminator(torch.cat(inputs, dim=0))
-        return [[[f[i * n:(i + 1) * n] for f in scale] for scale in outs] for i in range(len(inputs))]
+    def window_losses(self, cf, prev, target, km, nce_rng: torch.Generator | None = None):
+        """One window's forward: the fake (B, K, H, W) and both losses, (fake, g_total, g_parts,
+        d_total, d_parts), computed against the same discriminator.
 
-    def _loss_scale(self) -> float:
-        """The GradScaler's current scale under 16-mixed (1 otherwise, and outside a Trainer)."""
-        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-
-    def window_losses(self, cf, prev, target, km):
-        """One window's forward: the fake (B, K, H, W) and both losses, (g_total, g_parts,
-        d_total, d_parts), all computed against the same discriminator.
-
-        D runs once on real and once on fake (each batched with its masked copy when the
-        knowledge-aware terms are on): its output on the fake serves D's loss and G's adversarial
-        terms alike. D sees the fake through a detached leaf, so D's loss reaches D alone; G's
-        adversarial terms (GAN, feature matching, GAN_km) are differentiated to that leaf here
-        (`autograd.grad`: D's input gradients only, no weight gradients), and `g_total` carries
-        them back into G as the linear term <fake, dL_adv/dfake>, the chain rule's own step: so
-        `g_total.backward()` gives G the gradients of the straightforward formulation
-        (tests/test_reference.py) and never touches D. `g_total`'s value is the sum of the terms.
-        (Without autograd, or with G frozen, the terms are plainly summed.)"""
+        `loss.d_pass`: with `separate` (the default) D judges the detached fake a second time for its
+        own loss, as the release does; with `shared` D judges the fake once, and that output serves
+        G's adversarial terms and D's loss alike (`_window_step` then restricts each backward to its
+        own network). Both give the same gradients (tests/test_reference.py)."""
         w = self.cfg.loss
-        want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
-        kad = w.gan_km > 0  # knowledge-aware D: the same D on inputs multiplied by the mask
         fake, attention = self.generator(torch.cat([cf, prev], dim=1), return_attention=True)
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
-        fake_leaf = fake_in.detach().requires_grad_(fake_in.requires_grad)
-        # real and fake in separate calls: a batched call's input gradient would span the real half too
-        pred_real, *real_km = self._discriminate(real_in, *((real_in * km,) if kad else ()))
-        pred_fake, *fake_km = self._discriminate(fake_leaf, *((fake_leaf * km,) if kad else ()))
-        g_parts = self._g_losses(cf, fake, target, km, pred_fake, pred_real, fake_km[0] if kad else None,
-                                 attention if want_att else None)
-        weights, adv_names = self._g_weights(), ("g_gan", "g_feat", "g_gan_km")
-        adv = sum(weights[n] * v for n, v in g_parts.items() if n in adv_names)
-        rest = sum(weights[n] * v for n, v in g_parts.items() if n in weights and n not in adv_names)
-        g_total = rest + adv
-        if not any(weights[n] for n in adv_names):  # no adversarial gradient to carry: G's loss stays off D
-            g_total = rest + adv.detach()
-        elif fake_leaf.requires_grad and torch.is_grad_enabled():
-            # the scale the backward of g_total will use (the scaler updates only after the steps):
-            # fp16 gradients through D must not underflow here either
-            scale = self._loss_scale()
-            (grad,) = torch.autograd.grad(adv * scale, fake_leaf, retain_graph=True)  # D's graph serves D's loss
-            link = (fake_in.float() * (grad.float() / scale)).sum()
-            g_total = _ValueWithGradientOf.apply(rest + adv.detach(), link)
-        d_total, d_parts = self._d_losses(pred_real, pred_fake, *real_km, *fake_km)
+        pred_real, pred_real_km = self.discriminator.judge(real_in, km)
+        pred_fake, pred_fake_km = self.discriminator.judge(fake_in, km)
+
+        # G: a weighted sum of named terms
+        want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
+        g_parts = self._g_terms(cf, fake, target, km, pred_fake, pred_real, pred_fake_km,
+                                attention if want_att else None, nce_rng)
+        weights = self._g_weights()
+        g_total = sum(weights[name] * term for name, term in g_parts.items() if name in weights)
+
+        # D: real judged real, fake judged fake (and the same on the masked inputs with KAD)
+        if w.d_pass == "separate":
+            pred_fake, pred_fake_km = self.discriminator.judge(fake_in.detach(), km)
+        d_total, d_parts = discriminator_terms(pred_real, pred_fake, pred_real_km, pred_fake_km)
         return fake, g_total, g_parts, d_total, d_parts
 
-    def _window_step(self, cf, prev, target, km) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _window_step(self, cf, prev, target, km, nce_rng: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One window: forward, G step, D step. Returns the detached fake and the terms."""
         opt_g, opt_d = self.optimizers()
-        fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target, km)
+        fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target, km, nce_rng)
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_total)
+        if self.cfg.loss.d_pass == "shared":
+            # G's loss to G and the projector alone; D's graph on the fake must outlive this backward,
+            # D's loss goes through it next
+            self.manual_backward(g_total, inputs=self._g_parameters(), retain_graph=True)
+        else:
+            # as the release: the adversarial terms also leave gradients in D, cleared before D's backward
+            self.manual_backward(g_total)
         opt_g.step()
+        g_stepped = not _step_was_skipped(self._trainer)
         opt_d.zero_grad(set_to_none=True)
-        # D's parameters only: the fake's leaf needs no gradient
+        # D's loss reaches D's parameters only (not back through the fake into G, which just stepped)
         self.manual_backward(d_total, inputs=list(self.discriminator.parameters()))
         opt_d.step()
-        self._step_schedules()
+        if g_stepped:  # a step the GradScaler skipped (inf gradients) is not a step of the schedule
+            self._step_schedules()
         parts = {**g_parts, **d_parts, "g_total": g_total, "d_total": d_total}
         return fake.detach(), {k: v.detach() for k, v in parts.items()}
 
-    def _seed_video(self) -> random.Random:
-        """The random draws of one training video (scheduled sampling, PatchNCE patches) as a function
-        of (seed, videos seen, rank) alone, so that a resumed run draws exactly what an uninterrupted
-        one would have: Lightning does not restore random states from checkpoints."""
-        key = [self.cfg.seed, self.video_step, self.global_rank]
-        torch_seed, py_seed = np.random.SeedSequence(key).generate_state(2)
-        torch.manual_seed(int(torch_seed))
-        return random.Random(int(py_seed))
+    def _g_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.generator.parameters(), *(self.projector.parameters() if self.projector is not None else ())]
+
+    def _video_rngs(self) -> tuple[torch.Generator, random.Random]:
+        """The random sources of one training video, (PatchNCE's patch sampling, scheduled
+        sampling), seeded by (seed, videos seen, rank) alone: a resumed run draws exactly what an
+        uninterrupted one would have, and nothing reseeds the global generators."""
+        torch_seed, py_seed = np.random.SeedSequence([self.cfg.seed, self.video_step, self.global_rank]
+                                                     ).generate_state(2)
+        return torch.Generator(device=self.device).manual_seed(int(torch_seed)), random.Random(int(py_seed))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cf, video = batch["cf"], batch["frames"][:, :, 0]  # (B, 3, H, W), (B, T, H, W)
         km = self._mask(batch)  # (B, 1, H, W)
         n_frames, k = video.shape[1], self.cfg.model.window
         p_real = real_share(self.video_step, self.cfg.rollout.ss_steps, self.cfg.rollout.ss_interval)
-        rng = self._seed_video()
+        nce_rng, ss_rng = self._video_rngs()
         sums: dict[str, torch.Tensor] = {}
         prev = cf_as_frames(cf, k)
         for n in range(num_windows(n_frames)):
-            if n > 0 and rng.random() < p_real:
-                prev = video[:, previous_indices(n, n_frames, k)]
-            target = video[:, target_indices(n, n_frames, k)]
-            prev, parts = self._window_step(cf, prev, target, km)
+            prev = scheduled_previous(n, prev, video, p_real, ss_rng)
+            prev, parts = self._window_step(cf, prev, frames_from(video, n, k), km, nce_rng)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
         self.video_step += 1
@@ -357,3 +328,23 @@ class Fundus2VideoModule(L.LightningModule):
         state = checkpoint.get("fundus2video", {})
         self.video_step = int(state.get("video_step", 0))
         self.g_step = int(state.get("g_step", 0))
+
+
+def _step_was_skipped(trainer) -> bool:
+    """Whether the precision plugin's GradScaler skipped the optimizer step just taken (16-mixed,
+    inf or nan gradients: it then lowers its scale). Always False without a scaler."""
+    plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+    return bool(getattr(plugin, "step_skipped", False))
+
+
+def load_checkpoint_module(ckpt: Path, device: str = "cpu") -> Fundus2VideoModule:
+    """The LightningModule of a fundus2video `.ckpt`, in eval mode; a file that is not one fails in
+    one line naming it. (Any source, folders and URLs too: `hub.load_module`.)"""
+    import pickle
+
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint not found: {ckpt}")
+    try:
+        return Fundus2VideoModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as err:
+        raise UserError(f"{ckpt}: not a fundus2video checkpoint ({first_line(err)})") from None

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch.hub
 
 from fundus2video.errors import UserError
-from fundus2video.video_io import atomic_path
+from fundus2video.io import atomic_path
 
 log = logging.getLogger("fundus2video")
 

@@ -6,49 +6,14 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import imageio.v2 as imageio
 import numpy as np
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path` (same suffix); rename it onto `path` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def refuse_input_as_output(flag: str, outputs: list[str | Path], inputs: list[str | Path | None]) -> None:
-    """Stop (UserError) when a file to be written is one of the inputs: writing it would destroy
-    what the user gave. Compared after resolving links and relative paths."""
-    from fundus2video.errors import UserError
-
-    given = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
-    for out in outputs:
-        if Path(out).resolve() in given:
-            raise UserError(f"{flag} {out}: is the input {given[Path(out).resolve()]}; writing it would replace the "
-                            "input (choose another path)")
+from fundus2video.io import atomic_path
 
 
 def _even(frames: np.ndarray) -> np.ndarray:

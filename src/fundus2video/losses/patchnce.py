@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fundus2video.networks.projector import PatchProjector
+from fundus2video.rollout import cycle_channels
 
 
 def patch_nce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int, temperature: float = 0.07,
@@ -100,12 +101,9 @@ def multilayer_nce(projector: PatchProjector, feat_src: Sequence[torch.Tensor], 
 
 def generator_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
     """How an image enters the generator's encoder for PatchNCE: its channels cycled up to
-    `in_channels` (output channel i = x[:, i % c]). The release's generator takes the CF plus
-    the 3 previous frames (6 channels) and is fed cat(x, x); this is the same for c = 3."""
-    if in_channels < 1:
-        raise ValueError(f"in_channels must be positive, got {in_channels}")
-    index = torch.arange(in_channels, device=x.device) % x.shape[1]
-    return x.index_select(1, index)
+    `in_channels` (`rollout.cycle_channels`). The release's generator takes the CF plus the 3
+    previous frames (6 channels) and is fed cat(x, x); this is the same for c = 3."""
+    return cycle_channels(x, in_channels)
 
 
 def mask_enhanced_nce(encode: Callable[[torch.Tensor, list[int]], list[torch.Tensor]], projector: PatchProjector,

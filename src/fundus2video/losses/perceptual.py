@@ -104,17 +104,10 @@ def load_vgg19(path: str | Path) -> VGG19Features:
 
     if isinstance(path, str) and (not path or is_name(path)):
         path = resolve(path or "auto", CONFIG_KEY, auto=("vgg19",))
+    from fundus2video.io import read_state_dict
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"VGG19 weights file not found: {path}. {_weights_help(path)}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or a pickle that weights-only loading refuses
-        raise UserError(f"cannot read {path} as PyTorch weights ({e}). {_weights_help(path)}") from e
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict. {_weights_help(path)}")
+    state = read_state_dict(path, f"torchvision's VGG19 weights. {_weights_help(path)}")
     vgg = VGG19Features()
     expected = vgg.state_dict()
     problems = _features_mismatch(state, expected)

@@ -28,7 +28,6 @@ TorchScript is then called with rescale=False, resize=False.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fundus2video.errors import UserError
+from fundus2video.io import read_state_dict
 
 FORMATS = ("torchscript", "state_dict")
 # three stride-2 stages halve the time axis (ceil) to 2 before the 2-frame average pool: 9 frames at least
@@ -222,16 +222,7 @@ class I3DFeatures(nn.Module):
 def _inception_from_state_dict(path: Path, bn_eps: float) -> InceptionI3d:
     """InceptionI3d with the weights of the state dict at `path`; UserError naming a few
     missing, unexpected or misshaped keys when they do not match pytorch-i3d's."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors come in many types
-        raise UserError(f"{path}: neither TorchScript nor a PyTorch state dict ({str(e).splitlines()[0][:160]}). "
-                        f"{FORMATS_HELP}") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: expected a state dict of tensors. {FORMATS_HELP}")
-    state = {str(k).removeprefix("module."): v for k, v in state.items()}  # DataParallel saves
+    state = read_state_dict(path, f"neither TorchScript nor a PyTorch state dict. {FORMATS_HELP}")
     head = state.get("logits.conv3d.weight")
     net = InceptionI3d(num_classes=head.shape[0] if head is not None else 400, bn_eps=bn_eps)
     expected = net.state_dict()

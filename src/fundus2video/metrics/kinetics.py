@@ -137,7 +137,7 @@ def kinetics_plot(curves: dict[str, dict[str, np.ndarray]], path, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fundus2video.video_io import atomic_path
+    from fundus2video.io import atomic_path
 
     kinds = list(curves)
     n = max(1, len(kinds))

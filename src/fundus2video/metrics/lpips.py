@@ -12,7 +12,6 @@ weight channels with the layer's 1x1 head, average over space, sum over layers. 
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -83,13 +82,9 @@ class LPIPSBackbone(nn.Module):
 
 
 def _load(path: Path, expected: str) -> Mapping:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        raise ValueError(f"{path} is not a torch state dict file ({err}); expected {expected}") from err
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}; expected {expected}")
-    return state
+    from fundus2video.io import read_state_dict
+
+    return read_state_dict(path, expected)
 
 
 def load_backbone(path: str | Path, net: str = "vgg") -> LPIPSBackbone:

@@ -58,6 +58,29 @@ class MultiscaleDiscriminator(nn.Module):
         return outputs
 
 
+class KnowledgeAwareDiscriminator(MultiscaleDiscriminator):
+    """The knowledge-aware discriminator (KAD): the multi-scale D above, judging an input whole
+    and, when `knowledge_aware`, also multiplied by the knowledge mask (x * km), so that the
+    masked regions, where the dye's kinetics show, are judged on their own. Its loss terms are
+    in `losses/kad.py`. Without `knowledge_aware` it is pix2pixHD's D. Parameters as the plain
+    D's (checkpoints and imported pix2pixHD weights fit either)."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, num_d: int = 2,
+                 knowledge_aware: bool = True):
+        super().__init__(input_nc, ndf, n_layers, num_d)
+        self.knowledge_aware = knowledge_aware
+
+    def judge(self, x: torch.Tensor, km: torch.Tensor) -> tuple[list[list[torch.Tensor]],
+                                                                list[list[torch.Tensor]] | None]:
+        """(D(x), D(x * km)), the second None without `knowledge_aware`. Both in one batched call
+        (D is per sample: convolutions and instance norm), split back."""
+        if not self.knowledge_aware:
+            return self(x), None
+        n = x.shape[0]
+        outs = self(torch.cat([x, x * km], dim=0))
+        return [[f[:n] for f in scale] for scale in outs], [[f[n:] for f in scale] for scale in outs]
+
+
 def pix2pixhd_key(name: str, num_d: int) -> str:
     """Our parameter name `scales.i.j.rest` -> pix2pixHD's `scale{num_d-1-i}_layer{j}.rest`."""
     _, i, j, rest = name.split(".", 3)

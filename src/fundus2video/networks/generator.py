@@ -10,7 +10,7 @@ PatchNCE uses, {0, 4, 8, 12, 16}, match pix2pixHD's `GlobalGenerator`:
   reflect-pad 3, conv 7x7 (output_nc), tanh
 InstanceNorm has affine=False (no parameters), as in pix2pixHD.
 
-KBA (this project's formulation, METHOD.md; the release has no KBA code): at each configured
+KBA (this project's formulation, docs/METHOD.md; the release has no KBA code): at each configured
 stage, an attention head gives A = sigmoid(conv3x3(f)) in [0, 1]^(h x w) and the features are
 boosted, f' = f * (1 + A); training pulls A toward the knowledge mask resized to h x w (BCE),
 so at inference, from the CF alone, the generator attends where dynamics happen. Stages:

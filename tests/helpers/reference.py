@@ -24,7 +24,7 @@ with a graph, where the module runs D once on the real and once on the fake (eac
 its masked copy; the fake's output serving D's loss and G's adversarial terms), and encodes the
 keys without a graph.
 
-The mathematics is this project's, not the release's (METHOD.md): the module's networks, loss
+The mathematics is this project's, not the release's (docs/METHOD.md): the module's networks, loss
 objects and weights; KBA's attention term; the projector trained with G; feature matching
 against the *unmasked* real features (in the release step 4 reassigns `pred_real` to the masked
 real's output, so its feature matching compares the fake with the masked real). PatchNCE is
@@ -147,7 +147,7 @@ def release_window_losses(module: Fundus2VideoModule, cf: torch.Tensor, prev: to
     from the global RNG in the module's order (seed it the same before each, to compare)."""
     w, mcfg = module.cfg.loss, module.cfg.model
     G, D = module.generator, module.discriminator
-    kad = w.gan_km > 0
+    kad = w.kad > 0
     fake, attention = G(torch.cat([cf, prev], dim=1), return_attention=True)
     real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
 
@@ -205,7 +205,7 @@ def release_window_losses(module: Fundus2VideoModule, cf: torch.Tensor, prev: to
         g_parts["g_l1"] = module.l1_loss(fake, target)
 
     weights = {"g_gan": w.gan, "g_feat": w.feat, "g_vgg": w.vgg, "g_gv": w.gv, "g_nce": w.nce,
-               "g_gan_km": w.gan_km, "g_att": w.att, "g_l1": w.l1}
+               "g_gan_km": w.kad, "g_att": w.att, "g_l1": w.l1}
     g_total = sum(weights[name] * value for name, value in g_parts.items() if name in weights)
     return fake, g_total, g_parts, d_total, d_parts
 

@@ -15,6 +15,7 @@ runs N units at once with cores / N threads each. The report (`study.md`, `study
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import hashlib
@@ -33,8 +34,10 @@ from pathlib import Path
 import lightning as L
 from omegaconf import OmegaConf
 
+from fundus2video.commands.options import split_flags, take_option
+from fundus2video.commands.study_report import short_name
 from fundus2video.errors import ConfigError, UserError
-from fundus2video.video_io import atomic_path
+from fundus2video.io import atomic_path
 
 log = logging.getLogger("fundus2video")
 
@@ -73,10 +76,6 @@ def _dotlist(node: dict, prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{key}={json.dumps(value)}")
     return out
-
-
-def short_name(variant: str) -> str:
-    return Path(variant).name
 
 
 def resolve_study(name: str) -> Path:
@@ -120,8 +119,7 @@ def load_study(name: str, variants: list[str] | None = None, seeds: list[int] | 
 
 
 def unit_config(spec: StudySpec, variant: str, seed: int, unit_dir: Path):
-    from fundus2video.cli import resolve_experiment
-    from fundus2video.config import load_config
+    from fundus2video.config import load_config, resolve_experiment
 
     try:
         path = resolve_experiment(variant)
@@ -204,13 +202,15 @@ class LearningCurve(L.Callback):
         self.scoring_s += time.perf_counter() - start
 
     def _record(self, pl_module, epoch: int, train_s: float) -> None:
-        from fundus2video.evaluate import Scores, score_samples
+        from fundus2video.commands.evaluate import Scores, score_samples
 
         was_training = pl_module.training
         pl_module.eval()
         try:
-            scores = Scores("standard", pl_module.cfg.data.size, km_threshold=pl_module.cfg.data.km_threshold)
-            score_samples(pl_module, self.samples, scores, progress=False)
+            device = str(pl_module.device)
+            scores = Scores("standard", pl_module.cfg.data.size, km_threshold=pl_module.cfg.data.km_threshold,
+                            device=device)
+            score_samples(pl_module, self.samples, scores, device=device, progress=False)
             results = scores.results()
         finally:
             pl_module.train(was_training)
@@ -268,8 +268,8 @@ def _redirected(logfile):
 
 
 def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
-    from fundus2video.evaluate import evaluate
-    from fundus2video.train import Interrupted, git, train
+    from fundus2video.commands.evaluate import evaluate
+    from fundus2video.commands.train import Interrupted, git, train
 
     print(f"== {datetime.now().isoformat(timespec='seconds')} {unit.label}, {threads} thread(s)", flush=True)
     cfg = unit_config(spec, unit.variant, unit.seed, unit.unit_dir)
@@ -320,7 +320,7 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
     `report_spec`'s variants and seeds: the whole study when only a part of it is run)."""
     from tqdm import tqdm
 
-    from fundus2video.study_report import build_report
+    from fundus2video.commands.study_report import build_report
 
     if jobs < 1:
         raise ConfigError(f"--jobs: expected a positive number, found {jobs}")
@@ -360,7 +360,7 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
 
 def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, overrides: list[str], out: str,
                results: str | None, jobs: int, dry_run: bool, report_only: bool, readme: str | None) -> int:
-    from fundus2video.study_report import build_report, update_readme
+    from fundus2video.commands.study_report import build_report, update_readme
 
     spec = load_study(name, variants, seeds, overrides)
     whole = load_study(name, None, None, overrides)  # the report covers the whole study, not just this part
@@ -381,3 +381,32 @@ def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, o
         print(f"updated {readme} from {md}")
     print(Path(md).read_text())
     return 1 if not report_only and not dry_run and any("error" in s for s in summaries) else 0
+
+
+STUDY_OPTIONS = ("--variants", "--seeds", "--jobs", "--out", "--results", "--readme")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    rest = list(args.overrides)
+    if args.spec and "=" in args.spec:  # no spec named: the first word is already an override
+        rest, args.spec = [args.spec, *rest], None
+    for option in STUDY_OPTIONS:  # options may also come after the overrides
+        value, rest = take_option(rest, option)
+        if value is not None:
+            setattr(args, option[2:].replace("-", "_"), value)
+    flags, rest = split_flags(rest, {"--report-only", "--dry-run", "--"})
+    args.report_only = args.report_only or "--report-only" in flags
+    args.dry_run = args.dry_run or "--dry-run" in flags
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        raise ConfigError(f"study: '{bad[0]}' is neither an option nor a key=value override "
+                          f"(options: {', '.join(STUDY_OPTIONS)}, --report-only, --dry-run)")
+    variants = [v for v in str(args.variants).split(",") if v] if args.variants else None
+    try:
+        seeds = [int(s) for s in str(args.seeds).split(",") if s] if args.seeds else None
+        jobs = int(args.jobs)
+    except ValueError:
+        raise ConfigError(f"--seeds / --jobs: expected integers (e.g. --seeds 0,1,2 --jobs 2), found "
+                          f"{args.seeds!r} / {args.jobs!r}") from None
+    return main_study(args.spec or "phantom", variants, seeds, rest, args.out, args.results, jobs, args.dry_run,
+                      args.report_only, args.readme)

@@ -2,9 +2,11 @@
 
 The page takes a photo and a number of frames and shows the generated FFA video, the side-by-side
 CF | FFA video, a PNG strip of the frames, the field of view found and, for generators with KBA
-attention heads, their attention over the photo. The work is `fundus2video.generate`'s
+attention heads, their attention over the photo. The work is `fundus2video.inference`'s
 (`prepare_photo`, `rollout_photos`, `write_outputs`); a photo it cannot use gets its message in the
-page. One generation runs at a time (a queue), on the GPU when there is one.
+page. One generation runs at a time (a queue), on the GPU when there is one; on the CPU through ONNX
+Runtime when `fundus2video[export]` is installed (`--runtime`, `fundus2video.onnx_runtime`: the graph is
+exported, or loaded from its cache, when the page is built, so that the first request is not kept waiting).
 
 Fully offline: analytics off, and gradio 6 serves its page, scripts and the theme's fonts itself
 (`LocalFont`, no Google Fonts); tests/test_demo.py checks in a real browser that the page requests
@@ -149,13 +151,21 @@ class DemoModel:
     default, which gradio is allowed to serve); only the newest KEEP_RUNS folders are kept."""
 
     def __init__(self, ckpt: str | Path, device: str | None = None, bf16: bool = False,
-                 work_dir: str | Path | None = None):
-        from fundus2video.generate import load_module
+                 work_dir: str | Path | None = None, runtime: str = "auto"):
+        from fundus2video import hub
+        from fundus2video.hub import load_module
+        from fundus2video.onnx_runtime import resolve_runtime, window_function
 
         self.ckpt = ckpt  # as given: load_module also takes Hub folders and URLs
         self.device = device or default_device()
-        self.module = load_module(ckpt, self.device)
+        resolve_runtime(runtime, self.device, bf16)  # an impossible choice is refused before the checkpoint loads
+        local = hub.resolve(ckpt)
+        self.module = load_module(local, self.device)
         self.bf16 = bf16
+        # as `generate`: the graph beside the checkpoint, a Hub snapshot's in the user cache
+        self.checkpoint = None if str(ckpt).startswith("hf://") else local
+        found = window_function(self.module, self.size, runtime, self.checkpoint, bf16)
+        self.runtime = "onnxruntime" if found is not None else "torch"  # auto's choice, after any fallback
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="fundus2video-demo-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.has_attention = len(getattr(self.module.cfg.model.generator, "kba_stages", None) or ()) > 0
@@ -199,7 +209,7 @@ class DemoModel:
 
     def _run(self, photo: Path, n_frames: int, fps: int) -> DemoResult:
         from fundus2video.data_modules.cases import read_cf, read_image
-        from fundus2video.generate import prepare_photo, rollout_photos, write_outputs
+        from fundus2video.inference import prepare_photo, rollout_photos, write_outputs
         from fundus2video.video_io import write_png
         from fundus2video.visuals import enlarge
 
@@ -207,7 +217,7 @@ class DemoModel:
         cf = prepare_photo(photo, self.size)  # unreadable, too small, no field of view: its own message
         rgb = read_cf(photo)
         check_fundus_like(rgb)
-        frames = rollout_photos(self.module, cf[None], n_frames, self.bf16)[0]
+        frames = rollout_photos(self.module, cf[None], n_frames, self.bf16, self.runtime, self.checkpoint)[0]
         out = self._request_dir()
         video, strip, sbs = write_outputs(frames, cf, out / "ffa.mp4", ("mp4",), fps, strip=True,
                                           side_by_side=True)
@@ -226,7 +236,7 @@ class DemoModel:
         note = (f"KBA attention: {', '.join(stages)}" if stages
                 else "this generator has no KBA attention heads (no attention map)")
         message = (f"Generated {n_frames} frames at {self.size} x {self.size} in {seconds:.1f} s on "
-                   f"{self.device} ({note}).")
+                   f"{self.device} with {self.runtime} ({note}).")
         return DemoResult(video, sbs, strip, fov, attention, message)
 
 
@@ -264,11 +274,12 @@ def launch_options() -> dict[str, Any]:
 
 
 def build_app(ckpt: str | Path, device: str | None = None, bf16: bool = False,
-              max_queue: int = MAX_QUEUE) -> gr.Blocks:
-    """The page for checkpoint `ckpt` on `device` (default: cuda when available), queued: one
-    generation at a time, at most `max_queue` waiting. Launch it with `launch_options()`."""
+              max_queue: int = MAX_QUEUE, runtime: str = "auto") -> gr.Blocks:
+    """The page for checkpoint `ckpt` on `device` (default: cuda when available) with `runtime`
+    (`DemoModel`), queued: one generation at a time, at most `max_queue` waiting. Launch it with
+    `launch_options()`."""
     gr = _gradio()
-    model = DemoModel(ckpt, device, bf16)
+    model = DemoModel(ckpt, device, bf16, runtime=runtime)
 
     def generate(photo, n_frames, fps):
         result = model.run(_photo_path(photo), n_frames, fps)
@@ -279,8 +290,9 @@ def build_app(ckpt: str | Path, device: str | None = None, bf16: bool = False,
     with gr.Blocks(title="fundus2video demo", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(f"## {title}\n"
                     f"Checkpoint `{Path(str(model.ckpt)).name}` ({model.size} x {model.size} px, trained on "
-                    f"{model.train_frames} frames), on {model.device}. Upload a colour fundus photo, choose the "
-                    "number of frames and press *Generate*. Synthetic research output: not for diagnosis.")
+                    f"{model.train_frames} frames), on {model.device} with {model.runtime}. Upload a colour fundus "
+                    "photo, choose the number of frames and press *Generate*. Synthetic research output: not for "
+                    "diagnosis.")
         with gr.Row():
             with gr.Column(scale=1):
                 photo = gr.Image(label="colour fundus photo", type="filepath", sources=["upload", "clipboard"],
@@ -311,10 +323,10 @@ def build_app(ckpt: str | Path, device: str | None = None, bf16: bool = False,
 
 
 def serve(ckpt: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
-          bf16: bool = False, max_queue: int = MAX_QUEUE, block: bool = True) -> gr.Blocks:
+          bf16: bool = False, max_queue: int = MAX_QUEUE, block: bool = True, runtime: str = "auto") -> gr.Blocks:
     """Build the page and serve it at http://host:port/ (blocks until interrupted unless `block` is False)."""
-    demo = build_app(ckpt, device, bf16, max_queue)
-    print(f"fundus2video demo: {ckpt} on {demo.model.device}; open http://{host}:{port}/ "
+    demo = build_app(ckpt, device, bf16, max_queue, runtime)
+    print(f"fundus2video demo: {ckpt} on {demo.model.device} with {demo.model.runtime}; open http://{host}:{port}/ "
           "(Ctrl+C stops it)", flush=True)
     try:
         demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
@@ -337,6 +349,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "machines; the page has no login)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="what runs the generator: onnxruntime (CPU only, needs fundus2video[export]), torch, or "
+                   "auto (default: onnxruntime on the CPU when installed, else torch)")
     p.add_argument("--max-queue", type=int, default=MAX_QUEUE, help="requests that may wait for the one running")
     return p
 
@@ -347,12 +362,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"checkpoint not found: {args.ckpt} (make train writes "
                         "runs/fundus2video_cpu/latest/checkpoints/last.ckpt)")
     _gradio()
-    serve(args.ckpt, args.host, args.port, args.device, args.bf16, args.max_queue)
+    serve(args.ckpt, args.host, args.port, args.device, args.bf16, args.max_queue, runtime=args.runtime)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fundus2video.demo ...`: the same as `fundus2video demo ...`."""
+    """`python -m fundus2video.commands.demo ...`: the same as `fundus2video demo ...`."""
     parser = argparse.ArgumentParser(prog="fundus2video")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])

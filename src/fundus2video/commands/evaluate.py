@@ -1,6 +1,6 @@
 """`fundus2video evaluate`: roll out every case of a split and score the videos.
 
-Two protocols (METHOD.md, "Evaluation"), chosen with `--protocol` (default: both):
+Two protocols (docs/METHOD.md, "Evaluation"), chosen with `--protocol` (default: both):
   standard  frames in [0, 1]; PSNR, SSIM over the whole frame, the field of view, the knowledge
             mask and the lesion mask (where cases have one); MS-SSIM (as many scales as the size
             allows); temporal error (frame-to-frame changes, in the field of view); LPIPS (needs
@@ -23,6 +23,7 @@ annotations, `kinetics.png` (the per-kind curves).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -41,7 +42,8 @@ from tqdm import tqdm
 from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import UserError
-from fundus2video.generate import load_module
+from fundus2video.hub import load_module
+from fundus2video.io import atomic_path
 from fundus2video.knowledge import KM_THRESHOLD
 from fundus2video.metrics.image import (
     PaperPSNR,
@@ -54,7 +56,7 @@ from fundus2video.metrics.image import (
 )
 from fundus2video.metrics.kinetics import LesionKinetics, kinetics_plot
 from fundus2video.module import Fundus2VideoModule
-from fundus2video.video_io import atomic_path, write_png
+from fundus2video.video_io import write_png
 from fundus2video.visuals import enlarge, label_band, to_uint8
 
 log = logging.getLogger("fundus2video")
@@ -101,14 +103,17 @@ class Scores:
     into the aggregate, so nothing is computed twice)."""
 
     def __init__(self, protocol: str, size: int, i3d: str | None = None, lpips: str | None = None,
-                 lpips_net: str = "vgg", i3d_size: int = 224, km_threshold: float = KM_THRESHOLD):
+                 lpips_net: str = "vgg", i3d_size: int = 224, km_threshold: float = KM_THRESHOLD,
+                 device: str = "cpu"):
+        self.device = torch.device(device)  # every metric, I3D and LPIPS included, computes there
         self.standard = protocol in ("standard", "both")
         self.paper = protocol in ("paper", "both")
         self.skipped: dict[str, str] = {}
         self.settings: dict[str, Any] = {"protocol": protocol}
         self.i3d = self._load("fvd", i3d, "--i3d", "an I3D file (StyleGAN-V's i3d_torchscript.pt or pytorch-i3d's "
                               "i3d_pretrained_400.pt)", lambda p: __import__(
-                                  "fundus2video.metrics.i3d", fromlist=["load_i3d"]).load_i3d(p, size=i3d_size),
+                                  "fundus2video.metrics.i3d", fromlist=["load_i3d"]).load_i3d(p, size=i3d_size
+                                                                                             ).to(self.device),
                               auto=("i3d", "i3d_400"))
         self.lpips_path = self._load("lpips", lpips, "--lpips", f"torchvision's {lpips_net} ImageNet weights "
                                      "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)", lambda p: p,
@@ -126,7 +131,7 @@ class Scores:
         if self.standard and self.i3d is not None:
             from fundus2video.metrics.fvd import FrechetVideoDistance
 
-            self.fvd = FrechetVideoDistance(self.i3d)
+            self.fvd = FrechetVideoDistance(self.i3d).to(self.device)
 
     def _load(self, name: str, path: str | None, flag: str, what: str, loader, auto: tuple[str, ...] = ()):
         """`loader(file)`, or None with the reason in `skipped`. `path`: a file, or `auto` / a name of
@@ -172,7 +177,7 @@ class Scores:
                 from fundus2video.metrics.fvd import PaperFVD
 
                 m["paper_fvd"] = PaperFVD(self.i3d)
-        return m
+        return {name: metric.to(self.device) for name, metric in m.items()}
 
     def case(self, fake01: Tensor, real01: Tensor, sample: dict) -> dict[str, float]:
         """Score one case (videos (1, T, 1, H, W) in [0, 1]); returns its per-case values."""
@@ -182,7 +187,7 @@ class Scores:
                 metric.update(fake01 * 2 - 1, real01 * 2 - 1)  # the release's [-1, 1] tensors
             elif name in MASKED:
                 mask = MASKED[name]
-                metric.update(fake01, real01, sample[mask][None] if mask else None)
+                metric.update(fake01, real01, sample[mask][None].to(fake01.device) if mask else None)
             else:  # whole frames in [0, 1]: ms_ssim, lpips, paper_fvd (which maps to [-1, 1] itself)
                 metric.update(fake01, real01)
             values[name] = float(metric.compute())
@@ -191,10 +196,10 @@ class Scores:
             self.fvd.update(fake01, real01)
             self.n_videos += 1
         if LesionKinetics.applies(sample):
-            values.update(self.kinetics.update(fake01, real01, sample))
+            values.update(self.kinetics.update(fake01.cpu(), real01.cpu(), sample))
         for phase in dict.fromkeys(sample["phases"]) if self.standard and any(sample["phases"]) else ():
             idx = [i for i, p in enumerate(sample["phases"]) if p == phase]
-            pair = self.phases.setdefault(phase, (VideoPSNR(), VideoSSIM()))
+            pair = self.phases.setdefault(phase, (VideoPSNR().to(self.device), VideoSSIM().to(self.device)))
             for metric in pair:
                 metric.update(fake01[:, idx], real01[:, idx])
         return values
@@ -249,8 +254,10 @@ def score_samples(module: Fundus2VideoModule, samples: list, scores: Scores, dev
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
     for sample in tqdm(samples, desc=desc, unit="case", disable=not progress):
         with torch.inference_mode(), autocast:
-            fake = module(sample["cf"][None].to(device), sample["frames"].shape[0]).float().cpu()
-        fake01, real01 = (fake.clamp(-1, 1) + 1) / 2, (sample["frames"][None] + 1) / 2
+            fake = module(sample["cf"][None].to(device), sample["frames"].shape[0]).float()
+        # scored where the video was made: moving it to the CPU first would leave the GPU idle in scoring
+        fake01, real01 = (fake.clamp(-1, 1) + 1) / 2, ((sample["frames"][None] + 1) / 2).to(fake.device)
+        fake = fake.cpu()
         values = scores.case(fake01, real01, sample)
         case_rows.append({"case_id": sample["case_id"], "patient_id": sample["patient_id"],
                           "frames": real01.shape[1], **{k: _fmt(v) for k, v in values.items()}})
@@ -276,7 +283,7 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     module = load_module(ckpt, device)
     samples = evaluation_data(module, ckpt, data, split)
     size = module.cfg.data.size
-    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold)
+    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold, device)
     out = Path(out) if out else ckpt.parent.parent / "eval" / f"{split}-{Path(data).stem if data else 'own'}"
     case_rows, sheet = score_samples(module, samples, scores, device, bf16, sheet_cases, desc=f"evaluating {split}")
     results = scores.results()
@@ -306,3 +313,20 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     if curves:
         kinetics_plot(curves, out / "kinetics.png", f"{split} split, {len(samples)} cases: real vs generated")
     return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    out = evaluate(args.ckpt, args.data, args.split, args.protocol, args.out, args.i3d, args.lpips, args.lpips_net,
+                   args.device, args.bf16)
+    report = json.loads((out / "metrics.json").read_text())
+    width = max(len(k) for k in report["metrics"]) if report["metrics"] else 0
+    print(f"{report['n_cases']} cases ({report['split']}), protocol {report['settings']['protocol']}:")
+    for name, value in report["metrics"].items():
+        print(f"  {name:<{width}}  {value}")
+    for name, reason in report["skipped"].items():
+        print(f"  {name:<{width}}  SKIPPED: {reason}")
+    print(f"written: {out}/metrics.json, per_case.csv, contact_sheet.png"
+          + "".join(f", {name}" for name in ("per_phase.csv", "kinetics.png") if (out / name).is_file()))
+    return 0

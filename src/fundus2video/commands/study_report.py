@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fundus2video.errors import UserError
-from fundus2video.video_io import atomic_path
+from fundus2video.io import atomic_path
 
 # (key, label, higher is better)
 TABLE = (("psnr", "PSNR", True), ("ssim", "SSIM", True), ("psnr_lesion", "PSNR lesion", True),
@@ -33,10 +33,13 @@ N_BOOT = 10_000
 README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
 
 
+def short_name(variant: str) -> str:
+    """A variant's name in tables and folders: the experiment's file name (ablations/no_kba -> no_kba)."""
+    return Path(variant).name
+
+
 def load_units(spec, results: Path) -> dict[str, dict[int, dict]]:
     """variant -> seed -> unit result, for the spec's variants at the spec's budget."""
-    from fundus2video.study import short_name
-
     out: dict[str, dict[int, dict]] = {}
     for variant in spec.variants:
         name = short_name(variant)
@@ -144,8 +147,6 @@ def _verdict(d: dict | None, higher_is_better: bool) -> int | None:
 
 def claims(spec, diffs: dict[str, dict[str, dict | None]]) -> list[str]:
     """Each of the paper's claims, held / not held / unclear from the paired intervals."""
-    from fundus2video.study import short_name
-
     ref = short_name(spec.reference)
     words = {1: "better", -1: "worse", 0: "no clear difference", None: "–"}
     lines = []
@@ -198,8 +199,6 @@ def claims(spec, diffs: dict[str, dict[str, dict | None]]) -> list[str]:
 
 def build_report(spec, results: Path) -> Path:
     """Write study.md, study.csv, study.png and curves.png into `results` from its unit files."""
-    from fundus2video.study import short_name
-
     results = Path(results)
     units = load_units(spec, results)
     names = [short_name(v) for v in spec.variants]
@@ -311,8 +310,6 @@ def _bar_plot(names: list[str], units: dict[str, dict[int, dict]], path: Path) -
 def _curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
     """psnr_lesion, lesion_rise and psnr of the validation cases against training videos seen:
     the reference and the baseline in colour (mean over seeds, band min..max), the rest thin."""
-    from fundus2video.study import short_name
-
     plt = _plt()
     ref, base = short_name(spec.reference), short_name(spec.baseline)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from fundus2video.config import load_config, parse_overrides
+from fundus2video.config import load_config, parse_overrides, resolve_experiment
 from fundus2video.errors import ConfigError, UserError
 
 log = logging.getLogger("fundus2video")
@@ -260,7 +260,6 @@ def resolve_sweep(name: str) -> Path:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; every parameter's values must load with the experiment's schema."""
-    from fundus2video.cli import resolve_experiment  # the CLI's own lookup (cli imports this module)
 
     path = Path(path)
     try:
@@ -405,7 +404,7 @@ def _rank(results: list[RunResult], goal: str) -> list[RunResult]:
 
 def write_table(results: list[RunResult], sweep: Sweep, out: Path) -> str:
     """Write `<out>/sweep.csv` and `<out>/sweep.md` (atomically), sorted by the metric; returns the markdown."""
-    from fundus2video.video_io import atomic_path
+    from fundus2video.io import atomic_path
 
     ranked = _rank(results, sweep.goal)
     names = [p.name for p in sweep.params]
@@ -458,7 +457,7 @@ def run_local(path: str | Path | Sweep, count: int | None = None, extra_override
     """
     from tqdm import tqdm
 
-    from fundus2video.train import check_resources, train
+    from fundus2video.commands.train import check_resources, train
 
     sweep = path if isinstance(path, Sweep) else load_sweep(path)
     out = Path(out_root) if out_root is not None else default_out(sweep)
@@ -517,7 +516,7 @@ def create_and_agent(path: str | Path | Sweep, count: int | None = None, extra_o
     """
     import wandb
 
-    from fundus2video.train import check_resources
+    from fundus2video.commands.train import check_resources
 
     sweep = path if isinstance(path, Sweep) else load_sweep(path)
     extra = parse_overrides(list(extra_overrides))

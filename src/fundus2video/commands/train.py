@@ -14,6 +14,7 @@ A run directory `<logging.root>/<name>/<YYYYmmdd-HHMMSS>` receives:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -35,17 +36,37 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fundus2video.callbacks import AtomicCheckpointIO, KnowledgeMaskLogger, ResumableCheckpoint, SampleVideoLogger
-from fundus2video.config import to_plain
+from fundus2video.config import load_config, resolve_experiment, to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import ConfigError
+from fundus2video.io import atomic_path, read_checkpoint
 from fundus2video.module import Fundus2VideoModule
-from fundus2video.video_io import atomic_path
+from fundus2video.precision import precision_plugin
 
 log = logging.getLogger("fundus2video")
 
 
+# rank 0's run directory, handed to the DDP ranks Lightning starts by re-running the command line:
+# they inherit rank 0's environment, and must not make directories (or move `latest`) of their own
+RUN_DIR_ENV = "FUNDUS2VIDEO_RUN_DIR"
+
+
+def _env_rank() -> int:
+    """The global rank a launcher gave this process (torchrun, SLURM, Lightning's own), 0 if none."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def make_run_dir(cfg: DictConfig) -> Path:
-    """A fresh, never reused run directory; `latest` is repointed to it."""
+    """A fresh, never reused run directory; `latest` is repointed to it. In a DDP rank started from
+    rank 0's process, rank 0's directory (`RUN_DIR_ENV`); Lightning broadcasts the checkpoint
+    folder from rank 0 anyway, and only rank 0 writes checkpoints, samples and logs."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and _env_rank() > 0:
+        return Path(inherited)
     base = Path(cfg.logging.root) / cfg.name
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, i = base / stamp, 1
@@ -53,7 +74,7 @@ def make_run_dir(cfg: DictConfig) -> Path:
         run_dir, i = base / f"{stamp}-{i}", i + 1
     run_dir.mkdir(parents=True)
     latest = base / "latest"
-    if latest.is_symlink() or not latest.exists():
+    if _env_rank() == 0 and (latest.is_symlink() or not latest.exists()):
         tmp = base / f".latest.{os.getpid()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(run_dir.name)
@@ -146,10 +167,10 @@ def device_count(t) -> int:
 def strategy(name: str, t=None):
     """The Lightning strategy for `trainer.strategy`. Every DDP flavour (and `auto` when the run spans
     more than one device or node, where Lightning would pick plain DDP) gets
-    `find_unused_parameters=True`: a window runs two backward passes (G's loss, then D's), each
-    reaching only one network's parameters, so under DDP each pass must tell the reducer which
-    parameters it leaves out (Lightning prepares the reducer before every `manual_backward`). The
-    aliases that turn it off cannot train this GAN and are refused."""
+    `find_unused_parameters=True`: a window runs two backward passes (G's loss, then D's), and D's
+    reaches only D's parameters, so under DDP each pass must tell the reducer which parameters it
+    leaves out (Lightning prepares the reducer before every `manual_backward`). The aliases that
+    turn it off cannot train this GAN and are refused."""
     if name.startswith("ddp") and "find_unused_parameters_false" in name:
         raise ConfigError(f"trainer.strategy={name}: this GAN's two backward passes each leave one network's "
                           "parameters unused, which DDP must be told about; use trainer.strategy=ddp")
@@ -175,14 +196,12 @@ def check_deterministic_on_cuda(t, padding: str) -> None:
 
 
 def precision_settings(precision: str, accelerator: str) -> tuple[str | None, list]:
-    """(Trainer's `precision`, extra plugins). Lightning turns 16-mixed on CPU into bf16-mixed; with
-    `trainer.accelerator=cpu` asked for explicitly, 16-mixed is honoured instead (float16 autocast and a
-    CPU GradScaler, the same code path as on GPU), so the GPU recipe can be exercised here."""
-    if precision == "16-mixed" and accelerator == "cpu":
-        from lightning.pytorch.plugins import MixedPrecision
-
-        return None, [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]
-    return precision, []
+    """(Trainer's `precision`, extra plugins). 16-mixed always through `ScalerAwareMixedPrecision`, so a
+    step the GradScaler skips does not advance the schedules; with `trainer.accelerator=cpu` that is
+    float16 autocast and a CPU GradScaler (Lightning would turn 16-mixed on a CPU into bf16-mixed), so
+    the GPU recipe can be exercised here."""
+    plugin = precision_plugin(precision, accelerator)
+    return (None, [plugin]) if plugin is not None else (precision, [])
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None = None,
@@ -196,7 +215,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None 
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy(t.strategy, t),
         precision=precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
-        log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run,
+        log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run, benchmark=t.benchmark,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
         default_root_dir=str(run_dir) if run_dir else None, logger=loggers,
         callbacks=callbacks or [], enable_checkpointing=run_dir is not None,
@@ -220,7 +239,12 @@ def quiet_known_warnings() -> None:
 def check_resources(cfg: DictConfig) -> None:
     """Files the run needs, and settings the machine cannot honour, checked before anything is created."""
     check_deterministic_on_cuda(cfg.trainer, cfg.model.generator.padding)
-    strategy(cfg.trainer.strategy, cfg.trainer)  # a refused DDP alias stops here
+    chosen = strategy(cfg.trainer.strategy, cfg.trainer)  # a refused DDP alias stops here
+    if cfg.loss.d_pass == "shared" and (not isinstance(chosen, str) or "ddp" in chosen):
+        # DDP finds the parameters a loss reaches from its graph and waits for all their gradients; the
+        # shared pass's losses reach both networks, each backward only one
+        raise ConfigError(f"loss.d_pass=shared runs in one process only (trainer.strategy={cfg.trainer.strategy} "
+                          "is distributed here): use loss.d_pass=separate")
     if cfg.loss.vgg > 0:
         from fundus2video.errors import UserError
         from fundus2video.pretrained import resolve
@@ -253,11 +277,8 @@ def resolve_resume(cfg: DictConfig, resume: str) -> Path:
             path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
         if not path.is_file():
             raise ConfigError(f"--resume: checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        saved = checkpoint["hyper_parameters"]["config"]
-    except Exception as err:  # a truncated or foreign file: say which
-        raise ConfigError(f"--resume: {path} is not a fundus2video checkpoint ({type(err).__name__}: {err})") from err
+    checkpoint = read_checkpoint(path, "--resume")
+    saved = checkpoint["hyper_parameters"]["config"]
     for stale in path.parent.glob(".last.*.ckpt"):  # half-written by a run killed mid-write: that run is over
         stale.unlink(missing_ok=True)
     if "optimizer_states" not in checkpoint:
@@ -283,13 +304,7 @@ def init_weights_from(module: Fundus2VideoModule, path: str | Path) -> None:
     checkpoint of `import-weights`. Every weight must fit; the module's own that the file lacks
     (KBA heads a release never had) keep their initialisation and are listed."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--init-from: checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:  # a truncated or foreign file: say which
-        raise ConfigError(f"--init-from: {path} is not a fundus2video checkpoint "
-                          f"({type(err).__name__}: {err})") from None
+    state = read_checkpoint(path, "--init-from")["state_dict"]
     own = module.state_dict()
     wrong = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in state.items()
              if k in own and own[k].shape != v.shape]
@@ -356,12 +371,14 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
         raise ConfigError(f"--init-from: checkpoint not found: {init_from}")
     check_resources(cfg)
     quiet_known_warnings()
+    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    write_config(cfg, run_dir / "config.yaml")
     info = run_info(cfg, resume)
-    with atomic_path(run_dir / "run.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
+    if os.environ.get(RUN_DIR_ENV) != str(run_dir):  # rank 0 (or a single process): the run's own files
+        write_config(cfg, run_dir / "config.yaml")
+        with atomic_path(run_dir / "run.json") as tmp:
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
     log.info("run directory: %s%s", run_dir, f" (resuming {resume})" if resume else "")
     datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, run_dir=run_dir,
                                         seed=cfg.seed)
@@ -382,6 +399,9 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     module = Fundus2VideoModule(to_plain(cfg))
     if init_from:
         init_weights_from(module, init_from)
+    handed = os.environ.get(RUN_DIR_ENV) is None
+    if handed:
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         with _ctrl_c_saves(resumable):
             trainer.fit(module, datamodule=datamodule,
@@ -389,6 +409,39 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     except SystemExit:  # Lightning's SIGTERMException, raised after our checkpoint was written
         if not resumable.stopped_by_sigterm:
             raise
+    finally:
+        if handed:  # the next run in this process (a sweep, a study) makes its own
+            os.environ.pop(RUN_DIR_ENV, None)
     if resumable.stopped_by_sigterm:
         raise Interrupted(run_dir, resumable.path, resumable.signal)
     return run_dir
+
+
+def _config_from(args: argparse.Namespace):
+    return load_config(resolve_experiment(args.experiment), args.overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    print(OmegaConf.to_yaml(_config_from(args), resolve=True), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    if args.dry_run:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    resume = resolve_resume(cfg, args.resume) if args.resume else None
+    try:
+        run_dir = train(cfg, resume, init_from=args.init_from)
+    except Interrupted as stop:
+        print(f"\n{stop}\nresume with: fundus2video train {args.experiment} --resume {stop.checkpoint}")
+        return 130 if stop.signal == "SIGINT" else 143  # 128 + the signal: the status a killed job would have
+    print(f"\nrun directory: {run_dir}\n"
+          f"  config.yaml, checkpoints/last.ckpt, metrics.csv, knowledge_masks.png,\n"
+          f"  samples/last.mp4 and samples/last.gif (CF | real FFA | generated FFA)")
+    return 0

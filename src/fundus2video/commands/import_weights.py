@@ -11,32 +11,17 @@ Files are read with `weights_only` loading (no code runs from a checkpoint).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import lightning
 import torch
 
-from fundus2video.config import to_plain
+from fundus2video.config import load_config, resolve_experiment, to_plain
 from fundus2video.errors import UserError
+from fundus2video.io import atomic_path, read_state_dict, refuse_input_as_output
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.networks.discriminator import pix2pixhd_key
-from fundus2video.video_io import atomic_path, refuse_input_as_output
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from `path` (a DataParallel `module.` prefix is removed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors come in many types
-        raise UserError(f"{path}: not a loadable PyTorch state dict ({str(err).splitlines()[0][:160]})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: expected a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _load_mapped(net: torch.nn.Module, theirs: dict[str, torch.Tensor], to_theirs, source: Path,
@@ -90,3 +75,10 @@ def import_weights(cfg, net_g: str | Path, out: str | Path, net_d: str | Path | 
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
     return Path(out)
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    cfg = load_config(resolve_experiment(args.config), args.overrides)
+    out = import_weights(cfg, args.netG, args.out, args.netD)
+    print(f"wrote {out} (generator from {args.netG}" + (f", discriminator from {args.netD})" if args.netD else ")"))
+    return 0

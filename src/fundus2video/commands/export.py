@@ -8,6 +8,7 @@ optionally pushed with `--push`. Two things can be exported as one file: one aut
 for a fixed number of frames T, CF (B, 3, H, W) -> video (B, T, 1, H, W), the same video as
 `fundus2video generate`. Every export is reloaded from disk and checked against the eager
 generator before it is renamed into place, and a JSON sidecar `<out>.json` says how to call it.
+The ONNX writer is `fundus2video.onnx_runtime`'s, which `generate --runtime onnxruntime` also uses.
 
 Torch is imported inside the functions so that `fundus2video --help` and the other commands,
 which build this command's parser, stay fast.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,34 +89,6 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.jit.load(str(path), map_location="cpu")(x)
 
 
-def _save_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str]) -> None:
-    import torch
-
-    # the exporter's notes (torchvision ops this model never uses, every optimizer pass) would flood
-    # the CLI, whose logging shows INFO
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(net, (example,), str(path), input_names=[names[0]], output_names=[names[1]],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                              external_data=False, verbose=False)
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
-
-
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
-    import onnxruntime
-    import torch
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-
-
 def _describe(fmt: str, ckpt: Path, window: int, size: int, frames: int | None, names: tuple[str, str],
               diff: float, file: str) -> dict:
     """The sidecar: what goes in, what comes out, how to call it, where it came from."""
@@ -125,7 +97,7 @@ def _describe(fmt: str, ckpt: Path, window: int, size: int, frames: int | None, 
     import fundus2video
 
     cf = {"channels": "0-2: the colour fundus photo, RGB, cropped to its field of view and resized to size x size "
-                      "(as fundus2video.generate.prepare_photo does)"}
+                      "(as fundus2video.inference.prepare_photo does)"}
     if frames is None:
         inp = {"name": names[0], "shape": ["B", 3 + window, size, size], **cf}
         inp["channels"] += f"; 3-{2 + window}: the K = {window} previous frames (first window: CF channels cycled)"
@@ -155,7 +127,7 @@ def export_hub(ckpt: str | Path, out: str | Path, overwrite: bool = False, push:
     (`fundus2video.hub.save_hub`), uploaded to the Hub repository `push` if given. The model card
     describes the run the checkpoint was saved in (<run dir>/checkpoints/<name>.ckpt)."""
     from fundus2video import hub
-    from fundus2video.generate import load_module
+    from fundus2video.hub import load_module
 
     if push is not None:
         hub._hf()  # a missing extra is answered before any work
@@ -196,13 +168,13 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():  # checked before the slow imports: a mistyped path is answered at once
         raise UserError(f"checkpoint not found: {ckpt}")
-    from fundus2video.video_io import refuse_input_as_output
+    from fundus2video.io import refuse_input_as_output
 
     refuse_input_as_output("--out", [out, f"{out}.json"], [ckpt])
     import torch
 
-    from fundus2video.generate import load_module
-    from fundus2video.video_io import atomic_path
+    from fundus2video.hub import load_module
+    from fundus2video.io import atomic_path
 
     module = load_module(ckpt)  # weights_only: exporting a checkpoint from elsewhere runs none of its code
     cfg = module.cfg
@@ -220,8 +192,10 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
             _save_torchscript(net, example, tmp)
             got = _run_torchscript(tmp, check)
         else:
-            _save_onnx(net, example, tmp, names)
-            got = _run_onnx(tmp, check)
+            from fundus2video.onnx_runtime import run_onnx, save_onnx
+
+            save_onnx(net, example, tmp, names)  # any batch size: callers run their own batches
+            got = run_onnx(tmp, check)
         expected = net(check)
         if got.shape != expected.shape:
             raise RuntimeError(f"export check failed: the exported {format} gives {tuple(got.shape)}, "

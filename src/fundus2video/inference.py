@@ -1,20 +1,20 @@
-"""`fundus2video generate`: an FFA video from a colour fundus photo, with a trained checkpoint.
+"""Generation: an FFA video from a colour fundus photo, with a trained checkpoint.
 
 The photo goes through training's preprocessing (field of view from the CF's green channel,
 zero outside, crop to the ROI box, resize to the checkpoint's size), then the autoregressive
 rollout with window averaging. Outputs: mp4 and/or gif, optionally a PNG strip of the frames
 and a side-by-side video with the CF. Several photos can share one rollout (`batch`), and the
-rollout can run under bfloat16 autocast (`bf16`), always under `torch.inference_mode`.
+rollout can run under bfloat16 autocast (`bf16`), always under `torch.inference_mode`, and its
+windows through ONNX Runtime (`runtime`, `fundus2video.onnx_runtime`: faster on CPUs, the same frames
+within 1e-4; the rollout loop and its window averaging stay the same).
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,11 +24,9 @@ from fundus2video.data_modules.transforms import resize
 from fundus2video.errors import UserError
 from fundus2video.knowledge import crop_to_roi
 from fundus2video.module import Fundus2VideoModule
+from fundus2video.rollout import rollout
 from fundus2video.video_io import write_gif, write_mp4, write_png
 from fundus2video.visuals import enlarge, label_band, to_uint8
-
-if TYPE_CHECKING:
-    from fundus2video.hub import LoadedGenerator
 
 MIN_SIDE = 64  # smaller photos hold too little of the fundus to be worth a video
 MIN_ROI_FRACTION = 0.05  # a field of view smaller than this is not a fundus photo
@@ -59,35 +57,24 @@ def prepare_photo(path: Path, size: int, colour_check: bool = True) -> torch.Ten
     return torch.from_numpy(np.ascontiguousarray(cf_s)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | LoadedGenerator:
-    """A trained module in eval mode. `weights_only`: a checkpoint from elsewhere runs none of its
-    code; a file that is not a fundus2video checkpoint fails in one line naming it.
-
-    `ckpt` may also be a Hub folder (config.json + model.safetensors, `export --format hub`), which
-    gives a `hub.LoadedGenerator` (inference only, the same `cfg.data` / `device` / call as the
-    module), an http(s) URL of a `.ckpt` or of a folder's file, or `hf://REPO_ID[@REV]`."""
-    from fundus2video import hub
-
-    ckpt = hub.resolve(ckpt)  # URLs and hf:// downloaded into their caches; local paths as given
-    if (folder := hub.hub_folder(ckpt)) is not None:
-        return hub.load_folder(folder, device)
-    if not ckpt.is_file():
-        raise UserError(f"checkpoint not found: {ckpt}")
-    try:
-        return Fundus2VideoModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as err:
-        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else ""  # torch's advice would mislead
-        raise UserError(f"{ckpt}: not a fundus2video checkpoint ({type(err).__name__}: {reason})") from None
-
-
 @torch.inference_mode()
-def rollout_photos(module: Fundus2VideoModule, cfs: torch.Tensor, n_frames: int, bf16: bool = False) -> torch.Tensor:
+def rollout_photos(module: Fundus2VideoModule, cfs: torch.Tensor, n_frames: int, bf16: bool = False,
+                   runtime: str = "torch", checkpoint: str | Path | None = None) -> torch.Tensor:
     """Prepared photos (B, 3, S, S) -> their videos (B, T, 1, S, S), float32 on the CPU, in one rollout.
 
     The generator's instance norm works per sample, so a photo's video does not depend on the
     others in the batch. `bf16`: bfloat16 autocast (fast on GPUs and CPUs with bf16 instructions,
     a slow fallback elsewhere); the frames are averaged and returned in float32 all the same.
+    `runtime`: torch, onnxruntime (the windows through the generator's ONNX graph, exported once per
+    weights and size and cached beside `checkpoint`, the file or Hub folder `module` came from; see
+    `fundus2video.onnx_runtime`) or auto (onnxruntime on the CPU in float32 when `fundus2video[export]`
+    is installed, else torch).
     """
+    from fundus2video.onnx_runtime import window_function
+
+    window = window_function(module, tuple(cfs.shape[-2:]), runtime, checkpoint, bf16)
+    if window is not None:
+        return rollout(window, cfs.float().cpu(), n_frames, module.cfg.model.window)
     autocast = torch.autocast(module.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with autocast:
         frames = module(cfs.to(module.device), n_frames)
@@ -116,7 +103,8 @@ def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
                     out: str | Path | Sequence[str | Path], n_frames: int | None = None,
                     formats: tuple[str, ...] = ("mp4",), fps: int = 4, strip: bool = False,
                     side_by_side: bool = False, batch: int = 1, bf16: bool = False,
-                    colour_check: bool = True) -> Iterator[GeneratedVideo]:
+                    colour_check: bool = True, runtime: str = "torch",
+                    checkpoint: str | Path | None = None) -> Iterator[GeneratedVideo]:
     """Generate and write the videos of several photos, `batch` photos per rollout.
 
     `out`: a folder (photo `p` -> `<out>/<p.stem>.mp4`) or one video path per photo (extras as in
@@ -125,8 +113,13 @@ def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
     one batch of videos is held at a time. Photos are prepared one by one; a photo that cannot be
     prepared raises its UserError after the photos before it are written, as one at a time would.
     A batch costs `batch` videos' memory and pays where one photo leaves the hardware idle (small
-    images, a GPU); benchmarks/inference.py measures it.
+    images, a GPU); benchmarks/inference.py measures it. `runtime` and `checkpoint`: as in
+    `rollout_photos` (an impossible runtime is refused here, before any work; the graph is exported
+    or loaded at the first rollout).
     """
+    from fundus2video.onnx_runtime import resolve_runtime
+
+    resolve_runtime(runtime, module.device, bf16)
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
     t = module.cfg.data.n_frames if n_frames is None else n_frames
@@ -142,17 +135,18 @@ def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],
         if len(targets) != len(photos):
             raise ValueError(f"{len(photos)} photos but {len(targets)} output paths")
     return _generate(module, list(zip(photos, targets, strict=True)), t, formats, fps, strip, side_by_side, batch,
-                     bf16, colour_check)
+                     bf16, colour_check, runtime, checkpoint)
 
 
 def _generate(module: Fundus2VideoModule, jobs: list[tuple[Path, Path]], t: int, formats: tuple[str, ...],
               fps: int, strip: bool, side_by_side: bool, batch: int, bf16: bool,
-              colour_check: bool = True) -> Iterator[GeneratedVideo]:
+              colour_check: bool = True, runtime: str = "torch",
+              checkpoint: str | Path | None = None) -> Iterator[GeneratedVideo]:
     """`generate_videos`' work, (photo, video path) after (photo, video path)."""
     def flush(pending: list[tuple[torch.Tensor, Path]]) -> Iterator[GeneratedVideo]:
         if not pending:
             return
-        videos = rollout_photos(module, torch.stack([cf for cf, _ in pending]), t, bf16)
+        videos = rollout_photos(module, torch.stack([cf for cf, _ in pending]), t, bf16, runtime, checkpoint)
         for (cf, target), frames in zip(pending, videos, strict=True):
             yield GeneratedVideo(frames, cf, write_outputs(frames, cf, target, formats, fps, strip, side_by_side))
 
@@ -173,10 +167,13 @@ def _generate(module: Fundus2VideoModule, jobs: list[tuple[Path, Path]], t: int,
 
 def generate_video(module: Fundus2VideoModule, cf_path: str | Path, out: str | Path, n_frames: int | None = None,
                    formats: tuple[str, ...] = ("mp4",), fps: int = 4, strip: bool = False,
-                   side_by_side: bool = False, bf16: bool = False) -> GeneratedVideo:
+                   side_by_side: bool = False, bf16: bool = False, runtime: str = "torch",
+                   checkpoint: str | Path | None = None) -> GeneratedVideo:
     """Generate and write the video of one photo. `out` names the video; other formats and
-    extras are written next to it with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`)."""
-    (result,) = generate_videos(module, [cf_path], [out], n_frames, formats, fps, strip, side_by_side, bf16=bf16)
+    extras are written next to it with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`).
+    `runtime` and `checkpoint`: as in `rollout_photos`."""
+    (result,) = generate_videos(module, [cf_path], [out], n_frames, formats, fps, strip, side_by_side, bf16=bf16,
+                                runtime=runtime, checkpoint=checkpoint)
     return result
 
 

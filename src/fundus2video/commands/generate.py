@@ -1,0 +1,40 @@
+"""`fundus2video generate`: FFA videos from colour fundus photos with a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fundus2video.errors import UserError
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from fundus2video import hub
+    from fundus2video.hub import load_module
+    from fundus2video.inference import generate_videos, output_targets, photos_in
+    from fundus2video.onnx_runtime import resolve_runtime
+
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames must be at least 1, got {args.frames}")
+    if args.fps < 1:
+        raise UserError(f"--fps must be at least 1 frame per second, got {args.fps}")
+    runtime = resolve_runtime(args.runtime, args.device, args.bf16)  # refused before anything loads
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: this machine has no CUDA GPU (torch {torch.__version__}); use "
+                        "--device cpu")
+    photos = photos_in(args.cf)
+    formats = ("mp4", "gif") if args.gif else ("mp4",)
+    targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side)
+    local = hub.resolve(args.ckpt)  # URLs and hf:// downloaded once, into their caches
+    module = load_module(local, args.device)
+    # the ONNX graph is cached beside the checkpoint (a URL's download included); a snapshot of the Hub's own
+    # cache is left as it came, the graph goes to the user cache
+    results = generate_videos(module, photos, targets, args.frames, formats, args.fps, args.strip, args.side_by_side,
+                              batch=args.batch, bf16=args.bf16, colour_check=not args.no_fundus_check,
+                              runtime=runtime, checkpoint=None if str(args.ckpt).startswith("hf://") else local)
+    for result in tqdm(results, desc="generating", unit="photo", total=len(photos), disable=len(photos) == 1):
+        print(" ".join(str(p) for p in result.paths))
+    return 0

@@ -1,0 +1,23 @@
+"""Argument helpers shared by the subcommands: options mixed in with `key=value` overrides."""
+
+from __future__ import annotations
+
+from fundus2video.errors import ConfigError
+
+
+def take_option(rest: list[str], option: str) -> tuple[str | None, list[str]]:
+    """Take `option VALUE` or `option=VALUE` out of the overrides."""
+    for i, arg in enumerate(rest):
+        if arg == option:
+            if i + 1 == len(rest):
+                raise ConfigError(f"{option} needs a value")
+            return rest[i + 1], rest[:i] + rest[i + 2:]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1], rest[:i] + rest[i + 1:]
+    return None, rest
+
+
+def split_flags(rest: list[str], flags: set[str]) -> tuple[set[str], list[str]]:
+    """Separate our own `--flag`s from overrides (which may also start with `--`)."""
+    found = {a for a in rest if a in flags}
+    return found, [a for a in rest if a not in flags]

@@ -1,0 +1,109 @@
+"""Files the package reads and writes whole: atomic writes, torch files, checkpoints.
+
+Every write goes to a temporary file in the target folder and is renamed into place, so a crash
+never leaves a half-written file under the final name. Every torch file is read with
+`weights_only` loading (a file from elsewhere runs none of its code), and a file that is not
+what it should be fails in one line naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fundus2video.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to `path` (same suffix); rename it onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def refuse_input_as_output(flag: str, outputs: list[str | Path], inputs: list[str | Path | None]) -> None:
+    """Stop (UserError) when a file to be written is one of the inputs: writing it would destroy
+    what the user gave. Compared after resolving links and relative paths."""
+    from fundus2video.errors import UserError
+
+    given = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
+    for out in outputs:
+        if Path(out).resolve() in given:
+            raise UserError(f"{flag} {out}: is the input {given[Path(out).resolve()]}; writing it would replace the "
+                            "input (choose another path)")
+
+
+def first_line(err: BaseException) -> str:
+    """The gist of a loader's exception: pickle and zip errors come in many types, with advice
+    (e.g. about `weights_only`) that would mislead here."""
+    text = str(err).split(". ")[0].splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text[:160]}"
+
+
+def read_torch_file(path: str | Path, expected: str) -> Any:
+    """The object in a torch file, loaded with `weights_only`; UserError naming the file and
+    `expected` (what it should hold) when it is missing or unreadable."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path} (expected {expected})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (corrupt zip, truncated file, a pickle weights_only refuses)
+        raise UserError(f"{path}: not a loadable PyTorch file ({first_line(err)}); expected {expected}") from None
+
+
+def read_state_dict(path: str | Path, expected: str = "a PyTorch state dict") -> dict[str, torch.Tensor]:
+    """A plain state dict of tensors from `path`: a Lightning checkpoint's `state_dict` is taken
+    out, and DataParallel's `module.` prefix removed."""
+    import torch
+
+    state = read_torch_file(path, expected)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = type(state).__name__ if not isinstance(state, Mapping) else "a dict holding non-tensors"
+        raise UserError(f"{path}: holds {found}; expected {expected}")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def read_checkpoint(path: str | Path, flag: str) -> dict:
+    """A fundus2video checkpoint as a dict (its config under `hyper_parameters.config`); `flag` is
+    the option or key that named it, for the message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{flag}: checkpoint not found: {path}")
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (a truncated or foreign file: say which)
+        raise ConfigError(f"{flag}: {path} is not a fundus2video checkpoint ({first_line(err)})") from None
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping) \
+            or not isinstance(checkpoint.get("hyper_parameters", {}).get("config"), Mapping):
+        raise ConfigError(f"{flag}: {path} is not a fundus2video checkpoint (no state_dict and "
+                          "hyper_parameters.config); expected a .ckpt written by fundus2video train or export")
+    return dict(checkpoint)
