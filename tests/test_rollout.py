@@ -48,3 +48,15 @@ def test_rollout_averages_overlapping_windows_and_feeds_outputs_back():
     assert out[0, :, 0, 0, 0].tolist() == pytest.approx(expected)
     assert torch.equal(calls[0], cf)  # first window conditioned on the CF
     assert all(torch.all(calls[n] == n - 1) for n in range(1, 4))  # then on its own output
+
+
+def test_frames_from_slices_what_the_index_schedule_names():
+    from fundus2video.rollout import cycle_channels, frames_from
+
+    video = torch.arange(2 * 5 * 2 * 2, dtype=torch.float32).view(2, 5, 2, 2)
+    for n in range(5):
+        assert torch.equal(frames_from(video, n, 3), video[:, target_indices(n, 5, 3)])
+        if n > 0:
+            assert torch.equal(frames_from(video, n - 1, 3), video[:, previous_indices(n, 5, 3)])
+    cf = torch.rand(1, 3, 2, 2)
+    assert torch.equal(cycle_channels(cf, 7), cf[:, [i % 3 for i in range(7)]])
