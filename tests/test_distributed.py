@@ -14,11 +14,22 @@ FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.kad=1", "
         "loss.gv=5", "loss.vgg=0", "loss.nce_layers=[0,4,8,12,16]"]
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path):
-    subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), *FULL], check=True, cwd=tmp_path, timeout=600,
+def _ddp_train(out: Path, *overrides: str) -> list[dict]:
+    out.mkdir()
+    subprocess.run([sys.executable, str(SCRIPT), str(out), *FULL, *overrides], check=True, cwd=out, timeout=600,
                    capture_output=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def per_network(tmp_path_factory):
+    """The two ranks' results of a DDP training with the default per-network reduction."""
+    return _ddp_train(tmp_path_factory.mktemp("ddp") / "per_network")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_identical_parameters(per_network):
+    ranks = per_network
     assert ranks[0]["world_size"] == 2
     assert ranks[0]["video_step"] == ranks[1]["video_step"] == 2  # 4 cases shared by 2 ranks
     params = [r["params"] for r in ranks]
@@ -71,3 +82,19 @@ def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, mo
         check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=true"))
     check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=warn"))
     check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=true", "model.generator.padding=zero"))
+
+
+@pytest.mark.slow
+def test_per_network_reduction_trains_as_plain_ddp_with_half_the_traffic(per_network, tmp_path):
+    """Each backward all-reduces only its own network's buckets: the parameters end exactly where
+    reducing everything in both backward passes leaves them, with half the gradient traffic."""
+    everything = _ddp_train(tmp_path / "all", "trainer.ddp_reduce=all")
+    assert everything[0]["reduction"] is None
+    for name, value in per_network[0]["params"].items():
+        assert torch.equal(value, everything[0]["params"][name]), name
+    n_params = sum(v.numel() for v in per_network[0]["params"].values())
+    stats = per_network[0]["reduction"]
+    assert stats == per_network[1]["reduction"]
+    # every window: G's backward reduces G and the projector and skips D, D's the other way round;
+    # every gradient element is reduced once per window instead of twice
+    assert stats["reduced"] == stats["skipped"] == per_network[0]["g_step"] * n_params, stats

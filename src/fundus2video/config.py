@@ -203,6 +203,9 @@ class TrainerConfig:
     devices: Any = "auto"  # number of devices or "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ...
+    # under DDP, which gradients each backward all-reduces: per_network = only the network whose loss is
+    # back-propagated (G's in G's backward, D's in D's; the same training, about half the traffic) | all
+    ddp_reduce: str = choice("per_network", "all")
     precision: str = choice("32", "bf16-mixed", "16-mixed")
     max_epochs: int = -1  # -1: epochs_constant + epochs_decay
     # Lightning's meaning: a float is a fraction of the batches, an int a number of batches

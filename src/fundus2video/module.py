@@ -15,6 +15,7 @@ discriminator, then G (with the PatchNCE projector) steps, then D steps. The ter
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from fundus2video import distributed
 from fundus2video.config import from_plain
 from fundus2video.errors import ConfigError, UserError
 from fundus2video.io import first_line
@@ -158,6 +160,15 @@ class Fundus2VideoModule(L.LightningModule):
         per_epoch = max(1, round(self.trainer.num_training_batches * windows))
         self.lr_factor.constant = self.cfg.optim.epochs_constant * per_epoch
         self.lr_factor.decay = self.cfg.optim.epochs_decay * per_epoch
+        self._reduction = None
+        if self.cfg.trainer.ddp_reduce == "per_network":  # a DDP wrapper only; else nothing to reduce
+            self._reduction = distributed.install(self.trainer.strategy.model, {
+                "generator": self._g_parameters(), "discriminator": self.discriminator.parameters()})
+
+    def _backward_of(self, network: str) -> contextlib.AbstractContextManager:
+        """Around `network`'s backward: under DDP with per-network reduction, only its gradients are reduced."""
+        reduction = getattr(self, "_reduction", None)
+        return reduction.backward_of(network) if reduction is not None else contextlib.nullcontext()
 
     def _step_schedules(self) -> None:
         self.g_step += 1
@@ -248,18 +259,20 @@ class Fundus2VideoModule(L.LightningModule):
         opt_g, opt_d = self.optimizers()
         fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target, km, nce_rng)
         opt_g.zero_grad(set_to_none=True)
-        if self.cfg.loss.d_pass == "shared":
-            # G's loss to G and the projector alone; D's graph on the fake must outlive this backward,
-            # D's loss goes through it next
-            self.manual_backward(g_total, inputs=self._g_parameters(), retain_graph=True)
-        else:
-            # as the release: the adversarial terms also leave gradients in D, cleared before D's backward
-            self.manual_backward(g_total)
+        with self._backward_of("generator"):
+            if self.cfg.loss.d_pass == "shared":
+                # G's loss to G and the projector alone; D's graph on the fake must outlive this backward,
+                # D's loss goes through it next
+                self.manual_backward(g_total, inputs=self._g_parameters(), retain_graph=True)
+            else:
+                # as the release: the adversarial terms also leave gradients in D, cleared before D's backward
+                self.manual_backward(g_total)
         opt_g.step()
         g_stepped = not _step_was_skipped(self._trainer)
         opt_d.zero_grad(set_to_none=True)
         # D's loss reaches D's parameters only (not back through the fake into G, which just stepped)
-        self.manual_backward(d_total, inputs=list(self.discriminator.parameters()))
+        with self._backward_of("discriminator"):
+            self.manual_backward(d_total, inputs=list(self.discriminator.parameters()))
         opt_d.step()
         if g_stepped:  # a step the GradScaler skipped (inf gradients) is not a step of the schedule
             self._step_schedules()
