@@ -26,16 +26,9 @@ ATOL = 1e-4  # the issue's bound on |ORT - torch| per frame value
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny trained checkpoint with a KBA head (the attention branch must export too)."""
-    from fundus2video.commands.train import train
-    from fundus2video.config import load_config
-    from tests.conftest import TINY
-
-    root = tmp_path_factory.mktemp("ort")
-    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1", f"logging.root={root}",
-                                                 "model.generator.kba_stages=[bottleneck]"])
-    return train(cfg) / "checkpoints" / "last.ckpt"
+def trained(trained_run):
+    """A tiny trained checkpoint with the local enhancer and a KBA head (both must export)."""
+    return trained_run("local_kba") / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(autouse=True)
@@ -164,6 +157,16 @@ def test_the_cache_is_reused_and_follows_the_weights(ckpt, monkeypatch, exports)
         assert (window(x) - module.generator(x)).abs().max() <= ATOL
     onnx_runtime.onnx_window(module, 64, ckpt)  # another size: its own graph
     assert len(exports) == 3 and sorted(p.name for p in _cache(ckpt).glob("*.onnx")) == ["32x32.onnx", "64x64.onnx"]
+
+
+def test_a_generator_loaded_under_inference_mode_exports_and_runs(ckpt, exports):
+    """Weights made under torch.inference_mode have no version counter: the session memo keys on their storage."""
+    with torch.inference_mode():
+        module = load_module(ckpt)
+        window = onnx_runtime.onnx_window(module, 32, ckpt)
+        assert onnx_runtime.onnx_window(module, 32, ckpt) is window and len(exports) == 1
+        x = torch.rand(1, 3 + module.cfg.model.window, 32, 32) * 2 - 1
+        assert (window(x) - module.generator(x)).abs().max() <= ATOL
 
 
 @pytest.mark.parametrize("damage", ["junk", "truncated", "one byte"])

@@ -296,8 +296,10 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _fingerprint(generator: torch.nn.Module) -> tuple:
     """Changes when a weight is replaced or changed in place (its storage or version counter), cheaply:
-    the SHA-256 of 180 M weights takes a second."""
-    return tuple((t.data_ptr(), t._version) for t in (*generator.parameters(), *generator.buffers()))
+    the SHA-256 of 180 M weights takes a second. Tensors made under torch.inference_mode have no
+    version counter: their storage alone."""
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version)
+                 for t in (*generator.parameters(), *generator.buffers()))
 
 
 def onnx_window(module: Any, size: int | tuple[int, int], checkpoint: str | Path | None = None) -> OnnxWindow:
