@@ -13,6 +13,8 @@ import pytest
 from fundus2video.commands import sweep as sw
 from fundus2video.config import load_config
 from fundus2video.errors import ConfigError, UserError
+from fundus2video.sweeps.search import Search
+from fundus2video.sweeps.spec import expand_command, load_sweep
 from tests.conftest import TINY
 
 SWEEPS = sorted(Path("experiments/sweeps").glob("*.yaml"))
@@ -28,9 +30,9 @@ def write_sweep(tmp_path: Path, parameters: str, method: str = "random", command
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
 def test_sweep_file_fits_the_config_schema(path):
-    sweep = sw.load_sweep(path)  # checks every listed value and each range's ends
+    sweep = load_sweep(path)  # checks every listed value and each range's ends
     assert sweep.experiment.is_file() and sweep.metric == "val/psnr"
-    argv = sw.expand_command(sweep.command, {}, sweep.program)
+    argv = expand_command(sweep.command, {}, sweep.program)
     assert argv[argv.index("train") - 2:argv.index("train")] == ["-m", "fundus2video"]
     rng = random.Random(0)
     for _ in range(2):  # and random draws, as a random or bayes search makes them
@@ -57,7 +59,7 @@ def test_local_sweep_trains_two_runs_and_ranks_them(tmp_path):
 
 
 def test_grid_is_the_cartesian_product_in_file_order():
-    search = sw.Search(sw.load_sweep("experiments/sweeps/smoke_grid.yaml"))
+    search = Search(load_sweep("experiments/sweeps/smoke_grid.yaml"))
     combos = [search.ask() for _ in range(5)]
     assert search.size == 4 and combos[4] is None
     assert [tuple(c.values()) for c in combos[:4]] == [(0.0005, 10.0), (0.0005, 20.0), (0.001, 10.0), (0.001, 20.0)]
@@ -68,8 +70,8 @@ def test_random_search_is_reproducible_and_within_bounds(tmp_path):
                                  "  data.size: {values: [32, 64]}\n"
                                  "  optim.epochs_decay: {min: 2, max: 5}\n"
                                  "  loss.l1: {distribution: q_uniform, min: 0, max: 20, q: 5}\n")
-    sweep = sw.load_sweep(path)
-    draws = [sw.Search(sweep, seed=3) for _ in range(2)] + [sw.Search(sweep, seed=4)]
+    sweep = load_sweep(path)
+    draws = [Search(sweep, seed=3) for _ in range(2)] + [Search(sweep, seed=4)]
     first, again, other = ([s.ask() for _ in range(6)] for s in draws)
     assert first == again and first != other
     assert len({d["optim.lr"] for d in first}) == 6
@@ -81,8 +83,8 @@ def test_random_search_is_reproducible_and_within_bounds(tmp_path):
 
 def test_bayes_search_asks_within_bounds_and_learns():
     pytest.importorskip("optuna")
-    sweep = sw.load_sweep("experiments/sweeps/fundus2video.yaml")
-    search = sw.Search(sweep, seed=0)
+    sweep = load_sweep("experiments/sweeps/fundus2video.yaml")
+    search = Search(sweep, seed=0)
     for value in (20.0, None, 21.5):
         values = search.ask()
         assert 5e-5 <= values["optim.lr"] <= 5e-4 and 0.1 <= values["data.km_threshold"] <= 0.3
@@ -93,29 +95,29 @@ def test_bayes_search_asks_within_bounds_and_learns():
 def test_unknown_parameter_names_the_sweep_file_and_the_key(tmp_path):
     path = write_sweep(tmp_path, "  loss.l11: {values: [1.0, 2.0]}")
     with pytest.raises(ConfigError, match=r"s\.yaml: unknown key 'loss\.l11'; did you mean 'loss\.l1'"):
-        sw.load_sweep(path)
+        load_sweep(path)
     path = write_sweep(tmp_path, "  data.km_threshold: {min: 0.1, max: 1.5}")
     with pytest.raises(ConfigError, match=r"s\.yaml: data\.km_threshold"):
-        sw.load_sweep(path)
+        load_sweep(path)
     path = write_sweep(tmp_path, "  optim.lr: {min: 0.001, max: 0.01}", method="grid")
     with pytest.raises(ConfigError, match="a grid needs `value` or `values`"):
-        sw.load_sweep(path)
+        load_sweep(path)
     path = write_sweep(tmp_path, "  optim.lr: {distribution: uniform, min: 0.001, mx: 0.01}")
     with pytest.raises(ConfigError, match=r"parameters\.optim\.lr: unexpected \['mx'\]"):
-        sw.load_sweep(path)
+        load_sweep(path)
 
 
 def test_command_macros_expand_as_wandb_agents_do(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_EXTRA", "seed=3")
     command = ["${env}", "${interpreter}", "-m", "fundus2video", "train", "smoke", "${envvar:SWEEP_EXTRA}",
                "${args}", "${args_no_hyphens}"]
-    argv = sw.expand_command(command, {"optim.lr": 0.001, "loss.l1": 20}, "fundus2video")
+    argv = expand_command(command, {"optim.lr": 0.001, "loss.l1": 20}, "fundus2video")
     assert argv == ["/usr/bin/env", "python", "-m", "fundus2video", "train", "smoke", "seed=3",
                     "--optim.lr=0.001", "--loss.l1=20", "optim.lr=0.001", "loss.l1=20"]
     for bad in ("[fundus2video, train, smoke, '${args_json}']", "[fundus2video, train, smoke]",
                 "[python, train.py, '${args}']", "[fundus2video, train, '${args}']"):
         with pytest.raises(ConfigError, match="command: "):
-            sw.load_sweep(write_sweep(tmp_path, "  optim.lr: {value: 0.001}", command=bad))
+            load_sweep(write_sweep(tmp_path, "  optim.lr: {value: 0.001}", command=bad))
 
 
 def test_failed_runs_are_recorded_and_ranked_last(tmp_path, monkeypatch, capsys):
@@ -176,7 +178,7 @@ def test_online_sweep_sends_the_file_with_overrides_as_constants(monkeypatch):
     assert sw.create_and_agent("experiments/sweeps/smoke.yaml", 3, ["--loss.vgg=0"]) == "abc123"
     assert calls["agent"] == ("abc123", 3) and calls["project"] == "fundus2video"
     config = calls["config"]
-    assert config["parameters"]["loss.vgg"] == {"value": "0"} and "loss.vgg" not in sw.load_sweep(
+    assert config["parameters"]["loss.vgg"] == {"value": "0"} and "loss.vgg" not in load_sweep(
         "experiments/sweeps/smoke.yaml").spec["parameters"]
     assert config["name"] == "smoke" and config["command"][-1] == "${args_no_hyphens}"
     assert os.environ["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)  # ${interpreter} = this python

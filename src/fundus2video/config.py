@@ -506,3 +506,15 @@ def resolve_experiment(name: str) -> Path:
     known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
     hint = f" (available in {folder}/: {', '.join(known)})" if known else ""
     raise ConfigError(f"experiment not found: {candidates[0]}{hint}")
+
+
+def resolve_sweep(name: str) -> Path:
+    """A sweep YAML path, or a name looked up as experiments/sweeps/NAME.yaml."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path("experiments") / "sweeps" / f"{name}.yaml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+    hint = f" (available in {path.parent}/: {', '.join(known)})" if known else ""
+    raise ConfigError(f"sweep not found: {path}{hint}")
