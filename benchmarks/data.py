@@ -4,6 +4,8 @@ Writes the phantom at 512 x 512 in both case-folder layouts (ffa.mp4, ffa/*.png)
 frames on disk than a case uses, then measures cases/s of the training DataLoader (augmented,
 as training reads) with 0, 1 and 2 workers, next to the training time per case of the smoke
 and the paper configuration on this machine (one G + D step per window, T windows a case).
+`phantom`: milliseconds to render one in-memory phantom case (the embedded default's loader renders
+each case on the fly) at 128 and 512, median of 5 after a warm-up.
 
     python benchmarks/data.py [--cases 8] [--size 512] [--frames-on-disk 48] [--frames 12]
 """
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader
 from fundus2video.config import AugmentConfig, load_config, to_plain
 from fundus2video.data_modules.cases import folder_records
 from fundus2video.data_modules.datasets import FileVideoDataset
+from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.transforms import PairedTransform
 from fundus2video.module import Fundus2VideoModule
@@ -45,6 +48,17 @@ def loader_rate(root: Path, size: int, frames: int, workers: int, epochs: int = 
         if epoch > 0:
             rates.append(len(ds) / (time.perf_counter() - start))
     return {"workers": workers, "cases_per_s": round(statistics.median(rates), 2)}
+
+
+def phantom_ms_per_case(size: int, repeats: int = 5) -> dict:
+    """Median milliseconds of `make_case` (default frames) at `size`, distinct cases, after a warm-up."""
+    make_case(0, size=size)
+    times = []
+    for index in range(repeats):
+        start = time.perf_counter()
+        make_case(100 + index, size=size)
+        times.append(time.perf_counter() - start)
+    return {"size": size, "ms_per_case": round(1000 * statistics.median(times), 1), "repeats": repeats}
 
 
 def train_seconds_per_case(experiment: str, windows_measured: int = 3, repeats: int = 3) -> dict:
@@ -90,7 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-              "settings": vars(args), "loading": {}, "training": []}
+              "settings": vars(args), "loading": {}, "training": [],
+              "phantom": [phantom_ms_per_case(size) for size in (128, 512)]}
     with tempfile.TemporaryDirectory() as tmp:
         for video in ("mp4", "png"):
             root = write_phantom(Path(tmp) / video, args.cases, size=args.size, n_frames=args.frames_on_disk,

@@ -28,3 +28,39 @@ def tiny(tmp_path):
     def make(*extra: str):
         return load_config("experiments/smoke.yaml", [*TINY, f"logging.root={tmp_path / 'runs'}", *extra])
     return make
+
+
+# the tiny experiments the checkpoint tests share: trained once per session, each test module
+# gets its own copy of the run (a module may write beside the checkpoint without touching another's)
+TRAINED = {
+    "plain": ["trainer.max_epochs=1"],
+    # every branch an export must trace: the local enhancer and a KBA head
+    "local_kba": ["trainer.max_epochs=1", "model.generator.netg=local", "model.generator.kba_stages=[bottleneck]"],
+}
+
+
+@pytest.fixture(scope="session")
+def _trained_runs(tmp_path_factory):
+    from fundus2video.commands.train import train
+
+    runs: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in runs:
+            root = tmp_path_factory.mktemp(f"trained-{name}")
+            runs[name] = train(load_config("experiments/smoke.yaml",
+                                           [*TINY, f"logging.root={root}", *TRAINED[name]]))
+        return runs[name]
+    return get
+
+
+@pytest.fixture(scope="module")
+def trained_run(_trained_runs, tmp_path_factory):
+    """trained_run(name): a copy of the run directory of TRAINED[name], trained once per session."""
+    import shutil
+
+    def copy(name: str):
+        dest = tmp_path_factory.mktemp(f"run-{name}") / "run"
+        shutil.copytree(_trained_runs(name), dest, symlinks=True)
+        return dest
+    return copy

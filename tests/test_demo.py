@@ -68,17 +68,10 @@ def test_non_fundus_pictures_are_told_apart(tmp_path):
 
 # ------------------------------------------------------------------ the served page
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(request):
     if os.environ.get("FUNDUS2VIDEO_DEMO_CKPT"):
         return Path(os.environ["FUNDUS2VIDEO_DEMO_CKPT"])
-    from fundus2video.commands.train import train
-    from fundus2video.config import load_config
-    from tests.conftest import TINY
-
-    root = tmp_path_factory.mktemp("demo")
-    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1",
-                                                 "model.generator.kba_stages=[bottleneck]", f"logging.root={root}"])
-    return train(cfg) / "checkpoints" / "last.ckpt"
+    return request.getfixturevalue("trained_run")("local_kba") / "checkpoints" / "last.ckpt"
 
 
 def _free_port() -> int:

@@ -12,11 +12,8 @@ import pytest
 import torch
 
 from fundus2video.commands.export import ONNX_MISSING, export_generator
-from fundus2video.commands.train import train
-from fundus2video.config import load_config
 from fundus2video.errors import UserError
 from fundus2video.hub import load_module
-from tests.conftest import TINY
 
 # runs in a fresh interpreter outside the repository: torch (and onnxruntime) only
 RUN_EXPORTED = textwrap.dedent("""
@@ -35,14 +32,10 @@ RUN_EXPORTED = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(trained_run):
     """A tiny checkpoint whose generator has every branch an export must trace: the local
     enhancer and a KBA head."""
-    root = tmp_path_factory.mktemp("export")
-    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1", f"logging.root={root}",
-                                                 "model.generator.netg=local",
-                                                 "model.generator.kba_stages=[bottleneck]"])
-    return train(cfg) / "checkpoints" / "last.ckpt"
+    return trained_run("local_kba") / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import fundus2video
-from fundus2video.commands.train import train
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
 from fundus2video.hub import load_module
@@ -18,13 +17,8 @@ from fundus2video.video_io import read_video
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from fundus2video.config import load_config
-    from tests.conftest import TINY
-
-    root = tmp_path_factory.mktemp("gen")
-    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1", f"logging.root={root}"])
-    return train(cfg) / "checkpoints" / "last.ckpt"
+def ckpt(trained_run):
+    return trained_run("plain") / "checkpoints" / "last.ckpt"
 
 
 def _photo(path, size=96, index=5):

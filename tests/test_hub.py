@@ -19,15 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from fundus2video import hub
 from fundus2video.commands.cli import main
-from fundus2video.commands.train import train
-from fundus2video.config import load_config
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
 from fundus2video.hub import load_module
 from fundus2video.inference import generate_videos, prepare_photo
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import read_video
-from tests.conftest import TINY
 
 KBA_KEY = "global_net.attention.bottleneck.weight"  # the KBA head: must travel with the weights
 METRICS = {"psnr": 12.5, "ssim": 0.25}
@@ -48,14 +45,10 @@ NO_LIGHTNING = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny trained checkpoint (the conftest's TINY config, module-wide: one training for all the
-    tests) with the local enhancer and a KBA head, whose run has an evaluation for the card."""
-    root = tmp_path_factory.mktemp("hub")
-    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1", f"logging.root={root}",
-                                                 "model.generator.netg=local",
-                                                 "model.generator.kba_stages=[bottleneck]"])
-    run_dir = train(cfg)
+def ckpt(trained_run):
+    """A tiny trained checkpoint with the local enhancer and a KBA head, whose run has an
+    evaluation for the card."""
+    run_dir = trained_run("local_kba")
     # what `fundus2video evaluate` writes (running it would cost the test budget for no more coverage)
     (run_dir / "eval" / "test-own").mkdir(parents=True)
     (run_dir / "eval" / "test-own" / "metrics.json").write_text(json.dumps(

@@ -10,10 +10,6 @@ import textwrap
 
 import pytest
 
-from fundus2video.commands.train import train
-from fundus2video.config import load_config
-from tests.conftest import TINY
-
 OTHER_PROJECT = textwrap.dedent("""
     import importlib.util, json, sys
     import lightning as L
@@ -62,10 +58,8 @@ OTHER_PROJECT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reuse")
-    cfg = load_config("experiments/smoke.yaml", [*TINY, "trainer.max_epochs=1", f"logging.root={root}"])
-    return train(cfg) / "checkpoints" / "last.ckpt"
+def ckpt(trained_run):
+    return trained_run("plain") / "checkpoints" / "last.ckpt"
 
 
 def test_checkpoint_generator_fine_tunes_in_another_projects_lightning_module(ckpt, tmp_path):
