@@ -5,7 +5,9 @@ bottleneck; 4 downsamplings, 9 residual blocks), batch 1, window K = 3, at 128 x
 and 256 x 256 (ngf 32, ndf 32), fp32 and bf16 autocast. The VGG19 has random weights (same cost as
 ImageNet's). Ours: `Fundus2VideoModule._window_step`; release: `tests/helpers/reference.py: release_window_step`,
 each on its own copy of the same module with its own optimizers, repeats interleaved; the ratio
-release / ours comes from the same run. FLOPs of one window (forward and backward of both steps)
+release / ours comes from the same run. `ours_shared` is the module with `loss.d_pass=shared` (one D
+pass on the fake serving both losses), timed beside them: `ratio_ours_over_ours_shared` says what the
+shared pass buys. FLOPs of one window (forward and backward of both steps)
 from `torch.utils.flop_counter.FlopCounterMode`, against this machine's fp32 matmul rate measured
 in the same run; `ratio_bound_at_fp32_peak` is the largest release / ours ratio our FLOPs allow here
 (the release's measured time over our FLOPs at that peak), and `target` the fraction of that peak
@@ -106,21 +108,27 @@ def top_ops(fn: Callable[[], object], limit: int = 12) -> list[dict]:
              "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:limit]]
 
 
-def steppers(base, inputs: tuple, precision: str, device: str) -> dict[str, Callable[[], None]]:
-    """One window of each formulation, each on its own copy of `base` with its own optimizers."""
-    ours, ref = copy.deepcopy(base), copy.deepcopy(base)
-    o_g, o_d, o_s = standalone_optimizers(ours)
-    r_g, r_d, _ = standalone_optimizers(ref)
+def steppers(base, shared, inputs: tuple, precision: str, device: str) -> dict[str, Callable[[], None]]:
+    """One window of each formulation, each on its own copy of the modules with its own optimizers:
+    ours (`base`, `loss.d_pass=separate`, the default), ours_shared (`shared`, the same weights with
+    `loss.d_pass=shared`) and the release's order (on `base`)."""
+    def module_step(source) -> Callable[[], None]:
+        module = copy.deepcopy(source)
+        opt_g, opt_d, scheds = standalone_optimizers(module)
 
-    def step_ours() -> None:
-        with precision_context(precision, device):
-            module_window_step(ours, *inputs, o_g, o_d, o_s)
+        def step() -> None:
+            with precision_context(precision, device):
+                module_window_step(module, *inputs, opt_g, opt_d, scheds)
+        return step
+
+    ref = copy.deepcopy(base)
+    r_g, r_d, _ = standalone_optimizers(ref)
 
     def step_ref() -> None:
         with precision_context(precision, device):
             release_window_step(ref, *inputs, r_g, r_d)
 
-    return {"ours": step_ours, "release": step_ref}
+    return {"ours": module_step(base), "ours_shared": module_step(shared), "release": step_ref}
 
 
 def rounded(d: dict, digits: int) -> dict:
@@ -131,18 +139,21 @@ def measure(steps: dict[str, Callable[[], None]], flops: dict[str, int], count: 
             budget: float, peak_fp32: float) -> dict:
     """Times (and with `count`, first counts the FLOPs of) both formulations: one result row's fields."""
     row: dict = {"measured": True}
+    first: dict[str, float] = {}
     if count:  # the warm-up call counts the FLOPs (autocast leaves them unchanged) and the ops
-        first_o, flops["ours"], ops_o = counted(steps["ours"])
-        first_r, flops["release"], ops_r = counted(steps["release"])
-        row["aten_ops_per_window"] = {"ours": ops_o, "release": ops_r}
+        ops = {}
+        for name, step in steps.items():
+            first[name], flops[name], ops[name] = counted(step)
+        row["aten_ops_per_window"] = ops
     else:  # a plain warm-up: its time may stand in for a slow case's measurement
-        first_o, first_r = timed(steps["ours"]), timed(steps["release"])
-    log(f"  warm-up ours {first_o:.2f} s, release {first_r:.2f} s; FLOPs {flops}")
-    times = median_seconds(steps, repeats, budget, {"ours": first_o, "release": first_r})
+        first = {name: timed(step) for name, step in steps.items()}
+    log(f"  warm-up {', '.join(f'{k} {v:.2f} s' for k, v in first.items())}; FLOPs {flops}")
+    times = median_seconds(steps, repeats, budget, first)
     rate = {k: flops[k] / 1e9 / times[k]["seconds"] for k in times}
     row.update({
-        "ours": rounded(times["ours"], 4), "release": rounded(times["release"], 4),
+        **{name: rounded(times[name], 4) for name in steps},
         "ratio_release_over_ours": round(times["release"]["seconds"] / times["ours"]["seconds"], 3),
+        "ratio_ours_over_ours_shared": round(times["ours"]["seconds"] / times["ours_shared"]["seconds"], 3),
         "gflop_per_window": {k: round(v / 1e9, 2) for k, v in flops.items()},
         "achieved_gflops": rounded(rate, 2),
         "fraction_of_fp32_matmul_peak": {k: round(v / peak_fp32, 3) for k, v in rate.items()},
@@ -191,6 +202,9 @@ def main() -> None:
             ngf, ndf = CASES.get(size, (16, 16))
             base = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}"], vgg,
                                 device=device)
+            shared = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ndf}",
+                                         "loss.d_pass=shared"], vgg, device=device)
+            shared.load_state_dict(base.state_dict())
             inputs = window_inputs(size, base.cfg.model.window, device=device)
             flops: dict[str, int] = {}
             forward_flops = forward_gflop_by_network(base, inputs)
@@ -206,7 +220,7 @@ def main() -> None:
                                     "note": "FLOPs / the smaller bf16 case's rate; optimistic: the bf16 fallback "
                                             "slows down further with size"})
                     continue
-                steps = steppers(base, inputs, precision, device)
+                steps = steppers(base, shared, inputs, precision, device)
                 row.update(measure(steps, flops, precision == "fp32" or not flops, args.repeats, args.budget,
                                    peak["fp32_matmul_gflops"]))
                 if precision == "fp32":
@@ -223,7 +237,8 @@ def main() -> None:
                        "generator": "global, 4 downsamplings, 9 residual blocks", "discriminator": "2 scales, 3 layers",
                        "vgg": "random-weight VGG19 (torchvision layout): the cost of the ImageNet one, not its values",
                        "repeats": args.repeats, "budget_s": args.budget,
-                       "ours": "Fundus2VideoModule._window_step", "release": "reference.release_window_step",
+                       "ours": "Fundus2VideoModule._window_step, loss.d_pass=separate (the default)",
+                       "ours_shared": "the same with loss.d_pass=shared", "release": "reference.release_window_step",
                        "flops": "FlopCounterMode: forward and backward of the G and D steps (not the optimizer steps)"},
           "results": results, "profile": profile_ops})
 
