@@ -1,5 +1,5 @@
 """`fundus2video study`: units that finish once, resume exactly after a kill, a report rebuilt from
-the unit files alone, and the README's study table equal to the committed results."""
+the unit files alone, and docs/STUDY.md's table equal to the committed results."""
 
 import json
 import os
@@ -146,16 +146,16 @@ def test_paired_bootstrap_interval():
     assert d["lo"] < 0 < d["hi"]  # no difference: the interval spans 0
 
 
-def test_readme_study_table_is_the_committed_results():
-    """The README's study block is what the report makes of results/phantom_study/ (and its means
+def test_the_documented_study_table_is_the_committed_results():
+    """docs/STUDY.md's study block is what the report makes of results/phantom_study/ (and its means
     are those of the unit files)."""
     results = Path("results/phantom_study")
     spec = load_study("phantom")
     units_found = load_units(spec, results)
     assert units_found, "no finished units in results/phantom_study"
-    readme = Path("README.md").read_text()
+    readme = Path("docs/STUDY.md").read_text()
     block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
-    assert block.strip() == re.sub(r"\]\((\w+\.png)\)", r"](results/phantom_study/\1)",
+    assert block.strip() == re.sub(r"\]\((\w+\.png)\)", r"](../results/phantom_study/\1)",
                                    (results / "study.md").read_text()).strip()
     for name, by_seed in units_found.items():
         lesion = [u["metrics"]["psnr_lesion"] for u in by_seed.values()]

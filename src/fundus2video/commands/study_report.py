@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -341,11 +342,12 @@ def _curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
 
 
 def update_readme(readme: Path, md: Path) -> None:
-    """Replace the README's study block (between the markers) with `md`, links made relative to the README."""
+    """Replace the study block (between the markers) of a markdown file (docs/STUDY.md) with `md`,
+    links made relative to that file."""
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise UserError(f"{readme}: no study block (expected the lines {README_BEGIN} and {README_END})")
-    rel = Path(md).parent.resolve().relative_to(readme.parent.resolve()).as_posix()
+    rel = Path(os.path.relpath(Path(md).parent.resolve(), readme.parent.resolve())).as_posix()
     body = re.sub(r"\]\((?!https?:)([^)/]+)\)", lambda m: f"]({rel}/{m.group(1)})", Path(md).read_text())
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
