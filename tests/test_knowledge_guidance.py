@@ -202,6 +202,7 @@ def test_vgg_needs_its_weights_file(full, monkeypatch, tmp_path):
         train(full("loss.vgg=10", "loss.vgg_weights=/no/such/vgg.pth"))
 
 
+@pytest.mark.slow
 def test_every_experiment_trains_one_video(tmp_path):
     """Each experiment file (paper configurations shrunk to test size, VGG off: no ImageNet weights
     here) takes a training step with finite losses and writes a checkpoint."""

@@ -5,6 +5,7 @@ loss overflows skips G's step only (D still steps) and halves the scale."""
 import math
 
 import lightning as L
+import pytest
 import torch
 
 import fundus2video.commands.train as train_module
@@ -19,6 +20,7 @@ def _with_callback(monkeypatch, callback):
         c, d, [callback, *(callbacks or [])], loggers))
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_under_autocast(tiny, monkeypatch):
     dtypes = set()
 

@@ -44,6 +44,7 @@ def _assert_same_training(a, b):
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+@pytest.mark.slow
 def test_resume_at_epoch_boundary_matches_straight_run(runs):
     cfg, straight = runs
     half = train(cfg("name=half", "trainer.max_epochs=1"))
@@ -64,6 +65,7 @@ class _SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypatch):
     cfg, straight = runs
     build = train_module.build_trainer
@@ -79,6 +81,7 @@ def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypat
     _assert_same_training(_state(straight), _state(resumed))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_like_sigterm_and_resumes_exactly(runs):
     cfg, straight = runs
     handler = signal.getsignal(signal.SIGINT)

@@ -39,6 +39,7 @@ def _runs(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("run/*") if p.is_dir() and not p.is_symlink())
 
 
+@pytest.mark.slow
 def test_units_finish_once_and_the_report_is_rebuilt_from_their_files(tmp_path):
     spec = load_study(str(_spec(tmp_path)))
     out, results = tmp_path / "runs", tmp_path / "results"
@@ -85,6 +86,7 @@ def _study_cmd(spec: Path, out: Path, results: Path) -> list[str]:
             "--out", str(out), "--results", str(results)]
 
 
+@pytest.mark.slow
 def test_a_killed_unit_resumes_from_its_checkpoint_exactly(tmp_path):
     spec = _spec(tmp_path, n_train=4, epochs=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

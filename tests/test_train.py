@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from fundus2video.commands.train import train
@@ -14,6 +15,7 @@ from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import read_video
 
 
+@pytest.mark.slow
 def test_train_writes_run_directory_and_checkpoint_loads_in_fresh_process(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = tiny("trainer.max_epochs=2", "logging.wandb=auto", "data.n_frames=5", "trainer.log_every_n_steps=1")
