@@ -258,6 +258,9 @@ def folder_records(root: str | Path) -> list[CaseRecord]:
                            key=lambda p: _natural_key(p.name))
             times = rec.times if rec.times and len(rec.times) == len(names) else None
             rec.frames = [Frame(p, time=times[i] if times else float(i)) for i, p in enumerate(names)]
+            if rec.times and times is None and not rec.problem:
+                rec.problem = (f"{root / 'cases.csv'}: case {rec.case_id}: {len(rec.times)} times for "
+                               f"{len(names)} frames in {ffa_dirs[0].name}/ (expected one time per frame)")
             if videos and not rec.problem:
                 rec.problem = f"both {ffa_dirs[0].name}/ and {videos[0].name}: which is the angiogram? (keep one)"
         else:
@@ -350,7 +353,11 @@ def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
     cf = read_cf(rec.cf, rec.colour_check)
     if rec.video is not None:
         frames, idx = read_video_frames(rec.video, None, n_frames)
-        times = [rec.times[i] if rec.times and len(rec.times) > i else float(i) for i in idx]
+        total = max(idx) + 1 if idx else 0  # the chosen frames always include the video's last
+        if rec.times and len(rec.times) != total:
+            raise CaseError(f"cases.csv: case {rec.case_id}: {len(rec.times)} times for the {total} frames of "
+                            f"{rec.video} (expected one time per frame)")
+        times = [rec.times[i] if rec.times else float(i) for i in idx]
         names, phases = [f"{rec.video.name}#{i}" for i in idx], [""] * len(idx)
     else:
         if not rec.frames:

@@ -346,3 +346,18 @@ def test_jpeg_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # the camera was turned: show the picture rotated 90 degrees clockwise
     image.save(tmp_path / "turned.jpg", quality=95, exif=exif)
     assert read_cf(tmp_path / "turned.jpg").shape[:2] == (48, 64)
+
+
+@pytest.mark.parametrize("layout", ["mp4", "png"])
+def test_cases_csv_times_that_do_not_fit_the_frames_are_refused(layout, mp4_root, png_root, tmp_path):
+    """Two times for six frames: the case is bad, named with both counts (not its times silently replaced)."""
+    import shutil
+
+    root = shutil.copytree(mp4_root if layout == "mp4" else png_root, tmp_path / "data")
+    lines = (root / "cases.csv").read_text().splitlines()
+    lines[1] = ",".join(lines[1].split(",")[:3] + ["10;20"])
+    (root / "cases.csv").write_text("\n".join(lines) + "\n")
+    bad = [r for r in _check(folder_records(root)) if not r.ok]
+    assert [r.case_id for r in bad] == ["phantom0000"]
+    assert "case phantom0000: 2 times for" in bad[0].problem and "6 frames" in bad[0].problem
+    assert "expected one time per frame" in bad[0].problem

@@ -77,7 +77,14 @@ def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, mo
     check_resources(tiny("loss.d_pass=shared"))  # one device: fine
     with pytest.raises(ConfigError, match="ddp_find_unused_parameters_false: this GAN"):
         check_resources(tiny("trainer.strategy=ddp_find_unused_parameters_false"))
+    if not torch.cuda.is_available():  # a GPU asked for where there is none: one line, before Lightning's error
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu: torch .* sees no CUDA GPU here"):
+            check_resources(tiny("trainer.accelerator=gpu"))
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="trainer.devices=4: only 2 CUDA GPU"):
+        check_resources(tiny("trainer.accelerator=gpu", "trainer.devices=4"))
+    check_resources(tiny("trainer.accelerator=gpu", "trainer.devices=2"))
     with pytest.raises(ConfigError, match="deterministic=warn"):
         check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=true"))
     check_resources(tiny("trainer.accelerator=auto", "trainer.deterministic=warn"))

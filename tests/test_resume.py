@@ -183,6 +183,16 @@ def test_resume_errors_name_the_file(tiny, tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
+def test_resume_past_max_epochs_is_refused_in_one_line(runs, capsys):
+    """A checkpoint of 2 epochs resumed with trainer.max_epochs=1: one line, before Lightning's own error."""
+    cfg, straight = runs
+    ckpt = straight / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"has trained 2 epochs, more than trainer.max_epochs=1 \(expected "
+                                          r"trainer.max_epochs >= 2"):
+        resolve_resume(cfg("trainer.max_epochs=1"), str(ckpt))
+    assert resolve_resume(cfg("trainer.max_epochs=2"), str(ckpt)) == ckpt.resolve()  # finished: nothing left to do
+
+
 def test_resume_with_another_network_is_refused_and_init_from_starts_from_weights(runs, tmp_path, capsys):
     cfg, straight = runs
     ckpt = straight / "checkpoints" / "last.ckpt"

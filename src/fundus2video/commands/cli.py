@@ -184,3 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                 errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}[err.errno]
         print(f"fundus2video: error: {what}: {err.filename or '?'}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Lightning's own checks of the trainer settings, for any combination the configuration check
+        # does not foresee: they are about what the user asked for, so one line too
+        lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+        if lightning is None or not isinstance(err, lightning.MisconfigurationException):
+            raise
+        print(f"fundus2video: error: {(str(err).strip().splitlines() or [type(err).__name__])[0]} (Lightning's "
+              "check of the trainer settings)", file=sys.stderr)
+        return 2

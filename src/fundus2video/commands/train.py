@@ -184,6 +184,21 @@ def strategy(name: str, t=None):
     return name
 
 
+def check_accelerator(t) -> None:
+    """A GPU asked for where torch has none (a CPU build, no driver, fewer devices): said before training."""
+    if t.accelerator in ("gpu", "cuda"):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        build = "a CPU build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        if found == 0:
+            raise ConfigError(f"trainer.accelerator={t.accelerator}: torch {torch.__version__} ({build}) sees no "
+                              "CUDA GPU here; use trainer.accelerator=cpu (or auto)")
+        if isinstance(t.devices, int) and t.devices > found:
+            raise ConfigError(f"trainer.devices={t.devices}: only {found} CUDA GPU(s) here (expected 1 to {found}, "
+                              "or auto)")
+    if t.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps: no Apple GPU (MPS) here; use trainer.accelerator=cpu (or auto)")
+
+
 def check_deterministic_on_cuda(t, padding: str) -> None:
     """`trainer.deterministic=true` on a GPU: CUDA has no deterministic backward of the reflection
     (and replication) padding of the residual blocks, so G's first backward would raise. Said before
@@ -207,13 +222,12 @@ def precision_settings(precision: str, accelerator: str) -> tuple[str | None, li
 def build_trainer(cfg: DictConfig, run_dir: Path | None, callbacks: list | None = None,
                   loggers: list[Logger] | bool = False) -> L.Trainer:
     t = cfg.trainer
-    max_epochs = t.max_epochs if t.max_epochs >= 0 else cfg.optim.epochs_constant + cfg.optim.epochs_decay
     precision, plugins = precision_settings(t.precision, t.accelerator)
     if t.deterministic is True:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy(t.strategy, t),
-        precision=precision, max_epochs=max_epochs, limit_train_batches=t.limit_train_batches,
+        precision=precision, max_epochs=max_epochs(cfg), limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run, benchmark=t.benchmark,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
@@ -238,6 +252,7 @@ def quiet_known_warnings() -> None:
 
 def check_resources(cfg: DictConfig) -> None:
     """Files the run needs, and settings the machine cannot honour, checked before anything is created."""
+    check_accelerator(cfg.trainer)
     check_deterministic_on_cuda(cfg.trainer, cfg.model.generator.padding)
     chosen = strategy(cfg.trainer.strategy, cfg.trainer)  # a refused DDP alias stops here
     if cfg.loss.d_pass == "shared" and (not isinstance(chosen, str) or "ddp" in chosen):
@@ -284,6 +299,11 @@ def resolve_resume(cfg: DictConfig, resume: str) -> Path:
     if "optimizer_states" not in checkpoint:
         raise ConfigError(f"--resume: {path} holds weights only (e.g. from import-weights), no training state to "
                           "continue: start from its weights with --init-from")
+    done, wanted = _epochs_done(checkpoint), max_epochs(cfg)
+    if done is not None and done > wanted:
+        raise ConfigError(f"--resume: {path} has trained {done} epochs, more than trainer.max_epochs={wanted} "
+                          f"(expected trainer.max_epochs >= {done}, or -1 for the schedule's "
+                          f"{cfg.optim.epochs_constant} + {cfg.optim.epochs_decay})")
     changed = _differences(saved, to_plain(cfg))
     structural = [c for c in changed if c.startswith(ARCHITECTURE_KEYS)]
     if structural:
@@ -292,6 +312,22 @@ def resolve_resume(cfg: DictConfig, resume: str) -> Path:
     if changed:
         log.warning("resuming %s with settings that differ from the checkpoint's: %s", path, ", ".join(changed))
     return path.resolve()
+
+
+def _epochs_done(checkpoint: dict) -> int | None:
+    """The epochs a Lightning checkpoint's fit loop has started (its `current_epoch` once restored)."""
+    try:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+        return int(progress["processed"])
+    except (KeyError, TypeError, ValueError):
+        epoch = checkpoint.get("epoch")
+        return int(epoch) if isinstance(epoch, int) else None
+
+
+def max_epochs(cfg: DictConfig) -> int:
+    """trainer.max_epochs, with -1 meaning the learning-rate schedule's epochs."""
+    t = cfg.trainer
+    return t.max_epochs if t.max_epochs >= 0 else cfg.optim.epochs_constant + cfg.optim.epochs_decay
 
 
 # settings that change the networks' shapes: a checkpoint of other values cannot be resumed
