@@ -228,6 +228,10 @@ def _read_cases_csv(root: Path) -> dict[str, dict]:
         times = row.get("times") or ""
         parsed = [_number(t.strip(), f"{path}:{line}: case {case_id}: times") for t in times.split(";")
                   if t.strip()] or None
+        back = next((i for i in range(1, len(parsed or ())) if parsed[i] <= parsed[i - 1]), None)
+        if back is not None:  # frames are ordered by name; times that go back pair them with the wrong phase
+            raise CaseError(f"{path}:{line}: case {case_id}: times must increase frame by frame, found "
+                            f"{parsed[back]:g} after {parsed[back - 1]:g}")
         out[case_id] = {"patient_id": (row.get("patient_id") or case_id).strip(),
                         "eye": (row.get("eye") or "").strip(), "times": parsed}
         first_line[case_id] = line
@@ -258,9 +262,6 @@ def folder_records(root: str | Path) -> list[CaseRecord]:
                            key=lambda p: _natural_key(p.name))
             times = rec.times if rec.times and len(rec.times) == len(names) else None
             rec.frames = [Frame(p, time=times[i] if times else float(i)) for i, p in enumerate(names)]
-            if rec.times and times is None and not rec.problem:
-                rec.problem = (f"{root / 'cases.csv'}: case {rec.case_id}: {len(rec.times)} times for "
-                               f"{len(names)} frames in {ffa_dirs[0].name}/ (expected one time per frame)")
             if videos and not rec.problem:
                 rec.problem = f"both {ffa_dirs[0].name}/ and {videos[0].name}: which is the angiogram? (keep one)"
         else:
@@ -362,6 +363,9 @@ def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
     else:
         if not rec.frames:
             raise CaseError(f"case {rec.case_id}: no FFA frames found")
+        if rec.times and len(rec.times) != len(rec.frames):
+            raise CaseError(f"cases.csv: case {rec.case_id}: {len(rec.times)} times for the {len(rec.frames)} "
+                            f"frames in {rec.frames[0].path.parent} (expected one time per frame)")
         chosen = select_frames(rec.frames, per_phase, n_frames, rng)
         frames = [read_frame(f.path) for f in chosen]
         shapes = {fr.shape for fr in frames}

@@ -39,6 +39,9 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
                km_threshold: float) -> CaseReport:
     """Load `rec` deterministically (as validation does) and measure it; never raises."""
     report = CaseReport(rec.case_id, rec.patient_id, rec.eye)
+    if rec.frames and len(rec.frames) < min_frames:  # frame files listed: too few is the first thing to say
+        report.problem = f"only {len(rec.frames)} frame(s), need at least {min_frames} (window K + 1)"
+        return report
     try:
         raw = load_case(rec, per_phase, n_frames, rng=None)
     except CaseError as err:

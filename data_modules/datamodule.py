@@ -51,6 +51,7 @@ class Fundus2VideoDataModule(L.LightningDataModule):
         # so scores on the training split repeat exactly
         self.cfg, self.min_frames, self.seed, self.evaluation = data, min_frames, seed, evaluation
         self.run_dir = Path(run_dir) if run_dir else None
+        self._split: tuple[dict, dict] | None = None  # (case -> patient, case -> split) of case files
         self.datasets: dict[str, Dataset] = {}
         self.samplers: dict[str, SeededSampler] = {}
         self._resume: tuple[int, int] | None = None  # (epoch, training items already seen)
@@ -85,8 +86,9 @@ class Fundus2VideoDataModule(L.LightningDataModule):
         else:
             split = split_by_patient(patients, tuple(split_cfg["fractions"]), split_cfg["seed"])
         check_disjoint(patients, split)
+        self._split = (patients, split)
         if self.run_dir is not None:
-            write_split(self.run_dir / "split.csv", patients, split)
+            self.save_split(self.run_dir)
         out = {}
         for s in SPLITS:
             recs = [r for r in records if split[r.case_id] == s]
@@ -98,6 +100,12 @@ class Fundus2VideoDataModule(L.LightningDataModule):
         if sizes["train"] == 0:
             raise DataError(f"{cfg['root']}: no training cases after the split {sizes}")
         return out
+
+    def save_split(self, run_dir: str | Path) -> None:
+        """Write the patient split of case files to `run_dir`/split.csv (the phantom has none)."""
+        self.run_dir = Path(run_dir)
+        if self._split is not None:
+            write_split(self.run_dir / "split.csv", *self._split)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:

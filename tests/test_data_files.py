@@ -271,6 +271,9 @@ def test_an_excel_bom_is_read_and_a_cases_csv_row_listed_twice_is_refused(tmp_pa
     (tmp_path / "cases.csv").write_text("case_id,patient_id,eye,times\nc1,,OD,\n")
     with pytest.raises(CaseError, match="c1: empty patient_id"):
         _read_cases_csv(tmp_path)
+    (tmp_path / "cases.csv").write_text("case_id,patient_id,eye,times\nc1,P1,OD,1;30;20\n")
+    with pytest.raises(CaseError, match="cases.csv:2: case c1: times must increase frame by frame, found 20 after 30"):
+        _read_cases_csv(tmp_path)
 
 
 @pytest.mark.parametrize("picture, message", [
@@ -361,3 +364,18 @@ def test_cases_csv_times_that_do_not_fit_the_frames_are_refused(layout, mp4_root
     assert [r.case_id for r in bad] == ["phantom0000"]
     assert "case phantom0000: 2 times for" in bad[0].problem and "6 frames" in bad[0].problem
     assert "expected one time per frame" in bad[0].problem
+
+
+def test_training_on_bad_data_stops_before_making_a_run_directory(png_root, tmp_path, capsys):
+    """A cases.csv that cannot be read: one line, and no run directory (nor `latest`) left behind."""
+    import shutil
+
+    from fundus2video.commands.cli import main
+    from tests.conftest import TINY
+
+    root = shutil.copytree(png_root, tmp_path / "data")
+    (root / "cases.csv").write_bytes((root / "cases.csv").read_bytes() + b"phantom0099,P\xfc,OD,\n")
+    runs = tmp_path / "runs"
+    assert main(["train", "smoke", *TINY, "data.source=folders", f"data.root={root}", f"logging.root={runs}"]) == 2
+    assert "byte 0xfc is not UTF-8" in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.rglob("*"))

@@ -409,16 +409,16 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     quiet_known_warnings()
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, seed=cfg.seed)
+    datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before a run directory exists
     run_dir = make_run_dir(cfg)
+    datamodule.save_split(run_dir)
     info = run_info(cfg, resume)
     if os.environ.get(RUN_DIR_ENV) != str(run_dir):  # rank 0 (or a single process): the run's own files
         write_config(cfg, run_dir / "config.yaml")
         with atomic_path(run_dir / "run.json") as tmp:
             tmp.write_text(json.dumps(info, indent=2) + "\n")
     log.info("run directory: %s%s", run_dir, f" (resuming {resume})" if resume else "")
-    datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, run_dir=run_dir,
-                                        seed=cfg.seed)
-    datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before any logger
     resumable = ResumableCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_batches)
     callbacks = [
         *(extra_callbacks or []),
