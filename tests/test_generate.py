@@ -226,3 +226,25 @@ def test_folder_names_stay_unique():
     photos = [Path(n) for n in ("a.png", "a.PNG", "a.jpg", "a_png.jpg", "b.png")]
     names = [t.name for t in folder_targets(photos, Path("out"))]
     assert len({n.lower() for n in names}) == len(names) and names[-1] == "b.mp4"
+
+
+def test_an_output_path_the_system_refuses_is_one_line(tmp_path, ckpt, capsys):
+    """--out inside a file (its folder cannot be made): the system's reason and the path, exit 2."""
+    from fundus2video.commands.cli import main
+
+    photo = _photo(tmp_path / "eye.png")
+    before = photo.read_bytes()
+    code = main(["generate", "--ckpt", str(ckpt), "--cf", str(photo), "--out", str(photo / "v.mp4"),
+                 "--runtime", "torch"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("fundus2video: error: ") and str(photo) in err[-1], err
+    assert "Traceback" not in "\n".join(err) and photo.read_bytes() == before
+
+
+def test_the_output_name_is_kept_as_given(tmp_path, ckpt):
+    """--out V.MP4 writes V.MP4 (not a renamed V.mp4); --gif goes beside it."""
+    proc = _cli("--ckpt", ckpt, "--cf", _photo(tmp_path / "eye.png"), "--out", tmp_path / "V.MP4", "--gif",
+                "--frames", 3, "--runtime", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["V.MP4", "V.gif", "eye.png"]
+    assert read_video(tmp_path / "V.MP4").shape[0] == 3

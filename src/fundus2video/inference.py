@@ -81,6 +81,13 @@ def rollout_photos(module: Fundus2VideoModule, cfs: torch.Tensor, n_frames: int,
     return frames.float().cpu()
 
 
+def format_path(out: str | Path, fmt: str) -> Path:
+    """Where the `fmt` file of a video named `out` goes: `out` itself when it already ends so (any
+    case: V.MP4 stays V.MP4), else beside it with the same stem."""
+    out = Path(out)
+    return out if out.suffix.lower() == f".{fmt}" else out.with_suffix(f".{fmt}")
+
+
 def write_outputs(frames: torch.Tensor, cf: torch.Tensor, out: str | Path, formats: tuple[str, ...] = ("mp4",),
                   fps: int = 4, strip: bool = False, side_by_side: bool = False) -> list[Path]:
     """One photo's files: `out` names the video; other formats and extras are written next to it
@@ -88,7 +95,7 @@ def write_outputs(frames: torch.Tensor, cf: torch.Tensor, out: str | Path, forma
     stem = Path(out).with_suffix("")
     video = np.stack([to_uint8(f) for f in frames])
     writers = {"mp4": write_mp4, "gif": write_gif}
-    paths = [writers[fmt](stem.with_suffix(f".{fmt}"), video, fps) for fmt in formats]
+    paths = [writers[fmt](format_path(out, fmt), video, fps) for fmt in formats]
     if strip:
         paths.append(write_png(Path(f"{stem}_strip.png"), np.hstack([to_uint8(cf)] + list(video))))
     if side_by_side:
@@ -209,7 +216,7 @@ def output_targets(photos: Sequence[Path], out: Path, formats: tuple[str, ...] =
     inputs = {p.resolve(): p for p in photos}
     for target in targets:
         stem = target.with_suffix("")
-        written = [stem.with_suffix(f".{fmt}") for fmt in formats]
+        written = [format_path(target, fmt) for fmt in formats]
         written += [Path(f"{stem}_strip.png")] * strip + [Path(f"{stem}_sbs.mp4")] * side_by_side
         for path in written:
             if path.resolve() in inputs:

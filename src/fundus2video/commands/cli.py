@@ -177,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fundus2video: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+        # a path the system refuses (full, read-only, missing, a file where a folder must be, ...): the
+        # user's to fix; writes are atomic, so what was there before is intact and nothing half-written left
+        known = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}
+        if err.errno not in known and not err.filename:
             raise
-        # writes are atomic: what was there before is intact, nothing half-written is left
-        what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}[err.errno]
+        what = known.get(err.errno) or (err.strerror or type(err).__name__).lower()
         print(f"fundus2video: error: {what}: {err.filename or '?'}", file=sys.stderr)
         return 2
     except Exception as err:
