@@ -394,15 +394,19 @@ def _ctrl_c_saves(resumable: ResumableCheckpoint):
         signal.signal(signal.SIGINT, previous)
 
 
+def _one_start(resume, init_from) -> None:
+    if resume and init_from:
+        raise ConfigError("--resume and --init-from exclude each other: resume continues a run exactly, "
+                          "--init-from starts a new one from a checkpoint's weights")
+
+
 def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: list | None = None,
           init_from: str | Path | None = None) -> Path:
     """Train the experiment `cfg`; returns its run directory. `resume`: a checkpoint to continue
     from exactly (weights, optimizers, schedules, step counters, data order), in a new run directory.
     `extra_callbacks` run before the checkpointing ones (e.g. the study's learning curve).
     `init_from`: a checkpoint whose weights (only) the run starts from (`init_weights_from`)."""
-    if resume and init_from:
-        raise ConfigError("--resume and --init-from exclude each other: resume continues a run exactly, "
-                          "--init-from starts a new one from a checkpoint's weights")
+    _one_start(resume, init_from)
     if init_from and not Path(init_from).is_file():  # before a run directory is made
         raise ConfigError(f"--init-from: checkpoint not found: {init_from}")
     check_resources(cfg)
@@ -471,6 +475,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
+    _one_start(args.resume, args.init_from)  # before --resume's checks, which may warn
     resume = resolve_resume(cfg, args.resume) if args.resume else None
     try:
         run_dir = train(cfg, resume, init_from=args.init_from)
