@@ -207,6 +207,10 @@ def test_resume_with_another_network_is_refused_and_init_from_starts_from_weight
         assert torch.equal(first.state_dict()[key], value), key
     with pytest.raises(ConfigError, match="does not fit this network"):
         init_weights_from(Fundus2VideoModule(to_plain(cfg("model.generator.ngf=16"))), ckpt)
+    other = tmp_path / "other-net"
+    with pytest.raises(ConfigError, match="does not fit this network"):  # before any run directory is made
+        train(cfg("name=other", "model.generator.ngf=16", f"logging.root={other}"), init_from=ckpt)
+    assert not other.exists() or not any(other.rglob("*"))
     with pytest.raises(ConfigError, match="exclude each other"):
         train(cfg("name=both"), resume=ckpt, init_from=ckpt)
     assert main(["train", "smoke", *TINY, f"logging.root={tmp_path}", "--init-from", str(tmp_path / "no.ckpt")]) == 2

@@ -415,6 +415,9 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, seed=cfg.seed)
     datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before a run directory exists
+    module = Fundus2VideoModule(to_plain(cfg))
+    if init_from:  # a file that is not a checkpoint of this network stops here too
+        init_weights_from(module, init_from)
     run_dir = make_run_dir(cfg)
     datamodule.save_split(run_dir)
     info = run_info(cfg, resume)
@@ -436,9 +439,6 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
         SampleVideoLogger(run_dir, cfg.logging.n_samples, cfg.logging.fps),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks, make_loggers(cfg, run_dir, info))
-    module = Fundus2VideoModule(to_plain(cfg))
-    if init_from:
-        init_weights_from(module, init_from)
     handed = os.environ.get(RUN_DIR_ENV) is None
     if handed:
         os.environ[RUN_DIR_ENV] = str(run_dir)
