@@ -99,6 +99,7 @@ def test_dry_run_prints_resolved_config():
     ("data.n_frames=2", "data.n_frames: 2 frames cannot fill a window of model.window=3"),
     ("data.phantom.n_train=0", "data.phantom.n_train: 0 is out of range"),
     ("data.phantom.n_val=0", "data.phantom.n_val: 0 is out of range"),
+    ("data.manifest.per_phase=0", "data.manifest.per_phase: 0 is out of range (expected >= 1)"),
     ("trainer.checkpoint_every_n_batches=-5", "trainer.checkpoint_every_n_batches: -5 is out of range"),
     ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu' is not one of"),
     ("logging.fps=0", "logging.fps: 0 is out of range"),

@@ -429,11 +429,12 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     for key in ("data.batch_size", "model.generator.ngf", "model.discriminator.ndf", "model.discriminator.n_layers",
                 "model.discriminator.num_d", "model.generator.n_downsample", "logging.fps", "trainer.num_nodes",
                 "loss.nce_dim", "loss.gv_patch", "data.phantom.n_train",
-                "data.phantom.n_val", "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch"):
+                "data.phantom.n_val", "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch",
+                "data.manifest.per_phase"):
         at_least(key, 1)
     for key in ("data.num_workers", "model.generator.n_blocks", "model.generator.n_blocks_local",
                 "trainer.checkpoint_every_n_batches", "logging.n_samples", "data.phantom.n_test",
-                "data.phantom.render_size", "data.manifest.per_phase", "rollout.ss_steps",
+                "data.phantom.render_size", "rollout.ss_steps",
                 "loss.nce_patches"):  # nce_patches 0: every position
         at_least(key, 0)
     need(cfg.trainer.max_epochs >= -1, f"trainer.max_epochs: {cfg.trainer.max_epochs} is out of range "
