@@ -119,7 +119,8 @@ def test_missing_checkpoint_is_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"size": 36}, "--size 36: this generator needs a multiple of 8"),
+    ({"size": 36}, "--size 36: expected a multiple of 8 (this generator's) from 8 to 4096"),
+    ({"size": 1048576}, "--size 1048576: expected a multiple of 8 (this generator's) from 8 to 4096"),
     ({"frames": 0}, "--frames must be at least 1, got 0"),
     ({"format": "tflite"}, "format 'tflite' is not one of torchscript, onnx"),
 ])

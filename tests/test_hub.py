@@ -302,6 +302,24 @@ def test_push_and_pull_through_huggingface_hub(ckpt, photo, tmp_path, monkeypatc
     assert isinstance(loaded, hub.LoadedGenerator) and torch.equal(loaded(cf, 4), load_module(ckpt)(cf, 4))
 
 
+def test_a_push_without_a_connection_is_one_line(ckpt, tmp_path, monkeypatch, capsys):
+    """The HTTP client's own error types (not OSErrors) end as one line too; the folder is kept."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    class ConnectError(Exception):  # as httpx raises when the name does not resolve
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    out = tmp_path / "push"
+    assert main(["export", "--format", "hub", "--ckpt", str(ckpt), "--out", str(out), "--push", "me/f2v"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fundus2video: error: push to me/f2v failed: ") and "Name or service not known" in line
+    assert (out / "model.safetensors").is_file()
+
+
 def test_without_huggingface_hub_the_hub_commands_name_the_extra(ckpt, photo, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
     assert main(["generate", "--ckpt", "hf://me/f2v", "--cf", str(photo), "--out", str(tmp_path / "x.mp4")]) == 2

@@ -470,7 +470,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", allow_patterns=list(FILES),
                           commit_message=f"fundus2video {fundus2video.__version__}: upload the generator")
-    except (OSError, ValueError) as err:  # huggingface_hub's HTTP errors are OSErrors
+    except Exception as err:  # noqa: BLE001  (huggingface_hub and its HTTP client raise types of their own)
         raise UserError(f"push to {repo_id} failed: {str(err).strip().splitlines()[0] if str(err) else err!r}") \
             from None
     return f"https://huggingface.co/{repo_id}"
@@ -486,7 +486,7 @@ def pull(spec: str) -> Path:
     try:
         path = hf.snapshot_download(repo_id, revision=revision or None, allow_patterns=list(FILES),
                                     library_name="fundus2video", library_version=fundus2video.__version__)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001  (huggingface_hub and its HTTP client raise types of their own)
         raise UserError(f"{spec}: download failed ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
     return Path(path)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("torchscript", "onnx", "hub")  # hub: a folder for the Hugging Face Hub (fundus2video.hub)
 TOLERANCE = 1e-4  # largest |exported - eager| accepted on the check input
+MAX_SIZE = 4096  # sides beyond it do not fit a CPU's memory at export (the paper trains at 512)
 CHECK_BATCH = 2  # the check runs another batch size than the export's example (1): batch is dynamic
 ONNX_MISSING = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fundus2video[export]'"
 
@@ -181,8 +182,9 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
     window, g = cfg.model.window, cfg.model.generator
     multiple = 2 ** (g.n_downsample + (g.netg == "local"))  # the local enhancer halves the input first
     size = cfg.data.size if size is None else size
-    if size < multiple or size % multiple:
-        raise UserError(f"--size {size}: this generator needs a multiple of {multiple}")
+    if size < multiple or size % multiple or size > MAX_SIZE:
+        raise UserError(f"--size {size}: expected a multiple of {multiple} (this generator's) from {multiple} to "
+                        f"{MAX_SIZE}")
     net = module.generator if frames is None else video_generator(module.generator, window, frames)
     channels, names = (3 + window, ("x", "frames")) if frames is None else (3, ("cf", "video"))
     rng = torch.Generator().manual_seed(0)
