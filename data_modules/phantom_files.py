@@ -40,6 +40,9 @@ def _phantom_entries(out: Path) -> list[Path] | None:
     return entries
 
 
+MIN_SIZE, MAX_SIZE = 32, 4096  # below, the vessels are sub-pixel; above, one frame takes gigabytes to render
+
+
 def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int = 12,
                   video: str = "mp4", seed: int = 0, start: int = 0, fps: int = 4,
                   progress: bool = True, overwrite: bool = False) -> Path:
@@ -49,6 +52,10 @@ def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int 
     out = Path(out)
     if n_cases < 1:
         raise UserError(f"--cases: {n_cases} (expected at least 1)")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"--size: {size} (expected {MIN_SIZE} to {MAX_SIZE} pixels a side)")
+    if n_frames < 2:  # a video, and the knowledge mask compares its first and last frames
+        raise UserError(f"--frames: {n_frames} (expected at least 2)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         old = _phantom_entries(out)
         if not overwrite or old is None:

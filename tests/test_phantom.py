@@ -205,6 +205,11 @@ def test_writing_the_phantom_over_a_folder(tmp_path, capsys):
     assert "never replaced" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
     assert main(["data", "phantom", "--out", str(tmp_path / "neg"), "--cases", "-2"]) == 2
     assert "--cases: -2" in capsys.readouterr().err and not (tmp_path / "neg").exists()
+    for flag, value, expected in (("--size", "0", "--size: 0 (expected 32 to 4096"),
+                                  ("--size", "100000", "--size: 100000 (expected 32 to 4096"),
+                                  ("--frames", "1", "--frames: 1 (expected at least 2)")):
+        assert main(["data", "phantom", "--out", str(tmp_path / "bad"), flag, value]) == 2
+        assert expected in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_overwrite_never_deletes_what_the_phantom_did_not_write(tmp_path, capsys):
