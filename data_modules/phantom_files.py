@@ -56,6 +56,8 @@ def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int 
         raise UserError(f"--size: {size} (expected {MIN_SIZE} to {MAX_SIZE} pixels a side)")
     if n_frames < 2:  # a video, and the knowledge mask compares its first and last frames
         raise UserError(f"--frames: {n_frames} (expected at least 2)")
+    if seed < 0:
+        raise UserError(f"--seed: {seed} (expected a number >= 0)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         old = _phantom_entries(out)
         if not overwrite or old is None:

@@ -207,7 +207,8 @@ def test_writing_the_phantom_over_a_folder(tmp_path, capsys):
     assert "--cases: -2" in capsys.readouterr().err and not (tmp_path / "neg").exists()
     for flag, value, expected in (("--size", "0", "--size: 0 (expected 32 to 4096"),
                                   ("--size", "100000", "--size: 100000 (expected 32 to 4096"),
-                                  ("--frames", "1", "--frames: 1 (expected at least 2)")):
+                                  ("--frames", "1", "--frames: 1 (expected at least 2)"),
+                                  ("--seed", "-1", "--seed: -1 (expected a number >= 0)")):
         assert main(["data", "phantom", "--out", str(tmp_path / "bad"), flag, value]) == 2
         assert expected in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
