@@ -168,3 +168,17 @@ def test_the_documented_study_table_is_the_committed_results():
     for unit in units(spec, Path("runs"), results):
         if unit.result.is_file():
             assert json.loads(unit.result.read_text())["budget_id"] == spec.budget_id()
+
+
+def test_report_only_without_finished_units_is_one_line(tmp_path, capsys):
+    """--report-only on a missing or empty results folder: one line, and no folder made."""
+    from fundus2video.commands.cli import main
+
+    for results in (tmp_path / "nope", tmp_path):
+        assert main(["study", "phantom", "--report-only", "--results", str(results)]) == 2
+        assert f"--results {results}: no finished units of study 'phantom'" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()
+    import shutil  # finished units (a copy of the committed ones) still give the report
+
+    copy = shutil.copytree("results/phantom_study", tmp_path / "res")
+    assert main(["study", "phantom", "--report-only", "--results", str(copy)]) == 0

@@ -366,6 +366,11 @@ def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, o
     whole = load_study(name, None, None, overrides)  # the report covers the whole study, not just this part
     results_dir = Path(results or f"results/{spec.name}_study")
     if report_only:
+        from fundus2video.commands.study_report import load_units
+
+        if not results_dir.is_dir() or not load_units(whole, results_dir):
+            raise UserError(f"--results {results_dir}: no finished units of study '{whole.name}' (expected "
+                            f"<variant>/seed<k>.json files; run `fundus2video study {name}` first)")
         md = build_report(whole, results_dir)
     else:
         summaries = run_study(spec, Path(out) / spec.name, results_dir, jobs, dry_run, report_spec=whole)
