@@ -100,6 +100,8 @@ def test_dry_run_prints_resolved_config():
     ("data.phantom.n_train=0", "data.phantom.n_train: 0 is out of range"),
     ("data.phantom.n_val=0", "data.phantom.n_val: 0 is out of range"),
     ("data.manifest.per_phase=0", "data.manifest.per_phase: 0 is out of range (expected >= 1)"),
+    ("optim.lr=inf", "optim.lr: inf is out of range (expected a finite learning rate > 0)"),
+    ("optim.fused=maybe", "optim.fused: 'maybe' is not one of auto, true, false"),
     ("trainer.checkpoint_every_n_batches=-5", "trainer.checkpoint_every_n_batches: -5 is out of range"),
     ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu' is not one of"),
     ("logging.fps=0", "logging.fps: 0 is out of range"),

@@ -57,6 +57,17 @@ def test_the_module_runs_as_a_command(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--port", "70000", "--port 70000: expected 0 to 65535"),
+    ("--port", "-1", "--port -1: expected 0 to 65535"),
+    ("--max-queue", "0", "--max-queue 0: expected at least 1"),  # gradio would serve, refusing every request
+])
+def test_bad_serving_flags_stop_before_serving(tmp_path, capsys, flag, value, expected):
+    assert demo_mod.main(["--ckpt", str(tmp_path / "any.ckpt"), flag, value]) == 2
+    assert capsys.readouterr().err.strip() == f"fundus2video: error: {expected}" + (
+        " (0: any free port)" if flag == "--port" else " (requests that may wait)")
+
+
 def test_non_fundus_pictures_are_told_apart(tmp_path):
     demo_mod.check_fundus_like(make_case(3, size=96, n_frames=2).cf)  # the phantom passes
     with pytest.raises(UserError, match="uniform"):

@@ -75,6 +75,8 @@ def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, mo
     with pytest.raises(ConfigError, match="loss.d_pass=shared runs in one process only"):
         check_resources(tiny("trainer.devices=2", "loss.d_pass=shared"))
     check_resources(tiny("loss.d_pass=shared"))  # one device: fine
+    with pytest.raises(ConfigError, match="trainer.strategy=bogus: not a Lightning strategy .*auto, ddp, "):
+        check_resources(tiny("trainer.strategy=bogus"))
     with pytest.raises(ConfigError, match="ddp_find_unused_parameters_false: this GAN"):
         check_resources(tiny("trainer.strategy=ddp_find_unused_parameters_false"))
     if not torch.cuda.is_available():  # a GPU asked for where there is none: one line, before Lightning's error

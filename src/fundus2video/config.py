@@ -10,6 +10,7 @@ the key and, for a typo, the nearest valid key.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -423,7 +424,9 @@ def _check_ranges(cfg: DictConfig, need) -> None:
         ok = low <= value < high if open_high else low <= value <= high
         need(ok, f"{key}: {value} is out of range (expected {low} <= value {'<' if open_high else '<='} {high})")
 
-    need(cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} is out of range (expected a learning rate > 0)")
+    need(0 < cfg.optim.lr < math.inf, f"optim.lr: {cfg.optim.lr} is out of range (expected a finite learning "
+         "rate > 0)")
+    need(cfg.optim.fused in ("auto", True, False), f"optim.fused: {cfg.optim.fused!r} is not one of auto, true, false")
     within("optim.beta1", 0.0, 1.0, open_high=True)
     within("optim.beta2", 0.0, 1.0, open_high=True)
     for key in ("data.batch_size", "model.generator.ngf", "model.discriminator.ndf", "model.discriminator.n_layers",

@@ -358,6 +358,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_demo(args: argparse.Namespace) -> int:
     # the cheap checks first: a wrong path or a missing extra fails at once, before torch and the checkpoint load
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected 0 to 65535 (0: any free port)")
+    if args.max_queue < 1:
+        raise UserError(f"--max-queue {args.max_queue}: expected at least 1 (requests that may wait)")
     if "://" not in args.ckpt and not Path(args.ckpt).exists():  # URLs and hf:// are load_module's to fetch
         raise UserError(f"checkpoint not found: {args.ckpt} (make train writes "
                         "runs/fundus2video_cpu/latest/checkpoints/last.ckpt)")

@@ -181,6 +181,11 @@ def strategy(name: str, t=None):
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(find_unused_parameters=True, start_method=DDP_START[base])
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if name not in known:
+        raise ConfigError(f"trainer.strategy={name}: not a Lightning strategy (expected one of {', '.join(known)})")
     return name
 
 
