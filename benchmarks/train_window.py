@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 CASES = {128: (16, 16), 256: (32, 32)}  # size: (ngf, ndf)
 TERMS = ["gan", "feat", "vgg", "gv", "nce", "kad", "att"]
-TARGETS = {128: 2.0, 256: 1.3}  # issue #8: release / ours at least this, fp32
+TARGETS = {128: 2.0, 256: 1.3}  # the asked-for release / ours ratios, fp32
 
 
 def precision_context(precision: str, device: str) -> contextlib.AbstractContextManager:
