@@ -35,12 +35,16 @@ class CaseReport:
         return not self.problem
 
 
+def _too_few(n: int, min_frames: int) -> str:
+    return f"only {n} frame(s), need at least {min_frames} (window K + 1)"
+
+
 def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_frames: int,
                km_threshold: float) -> CaseReport:
     """Load `rec` deterministically (as validation does) and measure it; never raises."""
     report = CaseReport(rec.case_id, rec.patient_id, rec.eye)
     if rec.frames and len(rec.frames) < min_frames:  # frame files listed: too few is the first thing to say
-        report.problem = f"only {len(rec.frames)} frame(s), need at least {min_frames} (window K + 1)"
+        report.problem = _too_few(len(rec.frames), min_frames)
         return report
     try:
         raw = load_case(rec, per_phase, n_frames, rng=None)
@@ -51,7 +55,7 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
     report.image_size = f"{raw.cf.shape[1]}x{raw.cf.shape[0]}"
     report.phases = " ".join(f"{p}:{n}" for p, n in Counter(raw.phases).items() if p)
     if len(raw.frames) < min_frames:
-        report.problem = f"only {len(raw.frames)} frame(s), need at least {min_frames} (window K + 1)"
+        report.problem = _too_few(len(raw.frames), min_frames)
         return report
     black = [name for name, f in zip(raw.frame_names, raw.frames, strict=True) if f.max() <= FRAME_MIN]
     if black:

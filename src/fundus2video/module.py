@@ -113,6 +113,7 @@ class Fundus2VideoModule(L.LightningModule):
         self.video_step = 0  # training videos seen: the clock of scheduled sampling
         self.g_step = 0  # generator steps taken: the clock of the learning-rate schedule
         self.lr_factor = ConstantThenLinear()
+        self._reduction: distributed.PerNetworkReduction | None = None  # under DDP, set in on_train_start
 
     def setup(self, stage: str) -> None:
         """Load the VGG19 of the perceptual loss for training (never stored in checkpoints); the speed
@@ -160,15 +161,13 @@ class Fundus2VideoModule(L.LightningModule):
         per_epoch = max(1, round(self.trainer.num_training_batches * windows))
         self.lr_factor.constant = self.cfg.optim.epochs_constant * per_epoch
         self.lr_factor.decay = self.cfg.optim.epochs_decay * per_epoch
-        self._reduction = None
         if self.cfg.trainer.ddp_reduce == "per_network":  # a DDP wrapper only; else nothing to reduce
             self._reduction = distributed.install(self.trainer.strategy.model, {
                 "generator": self._g_parameters(), "discriminator": self.discriminator.parameters()})
 
     def _backward_of(self, network: str) -> contextlib.AbstractContextManager:
         """Around `network`'s backward: under DDP with per-network reduction, only its gradients are reduced."""
-        reduction = getattr(self, "_reduction", None)
-        return reduction.backward_of(network) if reduction is not None else contextlib.nullcontext()
+        return self._reduction.backward_of(network) if self._reduction is not None else contextlib.nullcontext()
 
     def _step_schedules(self) -> None:
         self.g_step += 1
