@@ -6,8 +6,6 @@ import hashlib
 import hmac
 import re
 import shutil
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +24,7 @@ from fundus2video.data_modules import dicom
 from fundus2video.data_modules.cases import folder_records, load_case
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.splits import split_by_patient
+from tests.helpers.cli import run_cli
 
 OP8, OP16 = dicom.OP_8BIT, dicom.OP_16BIT
 JPEG_LS, JPEG_2000 = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"
@@ -256,8 +255,7 @@ def test_dry_run_writes_nothing_and_prints_the_report(clean, tmp_path, capsys):
 # ------------------------------------------------------------------ malformed input
 def test_every_malformed_file_is_reported_without_a_traceback(messy, tmp_path):
     out = tmp_path / "cases"
-    proc = subprocess.run([sys.executable, "-m", "fundus2video", "data", "import-dicom", str(messy), "--out", str(out)],
-                          capture_output=True, text=True)
+    proc = run_cli("data", "import-dicom", messy, "--out", out)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr  # CHARLIE's eye is left out
     text = proc.stdout

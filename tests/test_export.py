@@ -14,6 +14,7 @@ import torch
 from fundus2video.commands.export import ONNX_MISSING, export_generator
 from fundus2video.errors import UserError
 from fundus2video.hub import load_module
+from tests.helpers.cli import run_cli
 
 # runs in a fresh interpreter outside the repository: torch (and onnxruntime) only
 RUN_EXPORTED = textwrap.dedent("""
@@ -44,8 +45,7 @@ def module(ckpt):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "fundus2video", "export", *map(str, args)],
-                          capture_output=True, text=True)
+    return run_cli("export", *args)
 
 
 def _check_without_fundus2video(module, tmp_path, exports: dict, size: int) -> None:

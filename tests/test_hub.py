@@ -25,6 +25,7 @@ from fundus2video.hub import load_module
 from fundus2video.inference import generate_videos, prepare_photo
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import read_video
+from tests.helpers.cli import run_cli
 
 KBA_KEY = "global_net.attention.bottleneck.weight"  # the KBA head: must travel with the weights
 METRICS = {"psnr": 12.5, "ssim": 0.25}
@@ -71,9 +72,7 @@ def photo(tmp_path_factory):
 
 
 def _cli(*args):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-m", "fundus2video", *map(str, args)], capture_output=True, text=True,
-                          env=env)
+    return run_cli(*args)
 
 
 def _one_line_error(proc, expected: str) -> None:

@@ -1,8 +1,6 @@
 """Knowledge guidance (KBA, knowledge-aware D, mask-enhanced PatchNCE), the full loss set,
 mask sources, and weight compatibility with the authors' release / pix2pixHD."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from fundus2video.losses import feature_matching_loss, gradient_variance_loss, l
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.networks.discriminator import pix2pixhd_key
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
+from tests.helpers.cli import run_cli
 
 # the full method (the smoke experiment the tiny configs start from is the backbone only)
 FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.kad=1", "loss.nce=1", "loss.gv=5",
@@ -176,12 +175,11 @@ def test_import_weights_cli(tmp_path, full):
     _pix2pixhd_files(tmp_path, full)
     from tests.conftest import TINY
 
-    base = [sys.executable, "-m", "fundus2video", "import-weights", "--config", "smoke"]
-    ok = subprocess.run(base + ["--netG", str(tmp_path / "latest_net_G.pth"), "--out", str(tmp_path / "c.ckpt"),
-                                *TINY], capture_output=True, text=True)
+    base = ["import-weights", "--config", "smoke"]
+    ok = run_cli(*base, "--netG", tmp_path / "latest_net_G.pth", "--out", tmp_path / "c.ckpt", *TINY)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(base + ["--netG", str(tmp_path / "latest_net_G.pth"), "--out", str(tmp_path / "d.ckpt"),
-                                 *TINY, "model.generator.ngf=4"], capture_output=True, text=True)
+    bad = run_cli(*base, "--netG", tmp_path / "latest_net_G.pth", "--out", tmp_path / "d.ckpt", *TINY,
+                  "model.generator.ngf=4")
     assert bad.returncode == 2 and "does not match the configured network" in bad.stderr
 
 
