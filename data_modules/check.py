@@ -80,7 +80,8 @@ def check_records(records: list[CaseRecord], size: int, min_frames: int, per_pha
     """Reports for every record (in order), duplicate case ids included."""
     counts = Counter(r.case_id for r in records)
     reports = []
-    for rec in tqdm(records, desc="checking cases", unit="case", disable=not progress, leave=False):
+    # delay: no bar for a check that ends (or fails) within a second
+    for rec in tqdm(records, desc="checking cases", unit="case", disable=not progress, leave=False, delay=1.0):
         if counts[rec.case_id] > 1:
             reports.append(CaseReport(rec.case_id, rec.patient_id, rec.eye,
                                       problem=f"duplicate case id ({counts[rec.case_id]} cases share it)"))
@@ -92,8 +93,9 @@ def check_records(records: list[CaseRecord], size: int, min_frames: int, per_pha
     return reports
 
 
-def format_table(reports: list[CaseReport]) -> str:
-    """A plain-text table, one row per case, then the bad cases with their reasons."""
+def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
+    """A plain-text table, one row per case, then the bad cases with their reasons. `n_frames`: the
+    frames per video asked for (`data.n_frames`), to name the cases that have fewer."""
     header = ["case", "patient", "eye", "frames", "phases", "size", "roi", "km", "status"]
     rows = [[r.case_id, r.patient_id, r.eye or "-", str(r.n_frames) if r.n_frames else "-",
              r.phases or "-", r.image_size or "-",
@@ -110,7 +112,19 @@ def format_table(reports: list[CaseReport]) -> str:
     out.append(f"{len(reports)} cases, {len(good)} ok, {len(bad)} bad"
                + (f"; frames per case {min(frames)}..{max(frames)}" if frames else ""))
     out += [f"BAD {r.case_id}: {r.problem}" for r in bad]
+    out += [short_note(good, n_frames)] if short_note(good, n_frames) else []
     return "\n".join(out)
+
+
+def short_note(good: list[CaseReport], n_frames: int) -> str:
+    """A line naming the usable cases with fewer frames than asked for (used with all they have), or ''.
+    Cases read by phase (a manifest's per_phase) are not counted: their length is per_phase x phases."""
+    short = [r for r in good if not r.phases and 0 < r.n_frames < n_frames]
+    if not short:
+        return ""
+    names = ", ".join(r.case_id for r in short[:4]) + (" ..." if len(short) > 4 else "")
+    return (f"NOTE {len(short)} case(s) have fewer frames than data.n_frames={n_frames} and are used with all "
+            f"they have ({min(r.n_frames for r in short)}..{max(r.n_frames for r in short)}): {names}")
 
 
 def bad_cases_message(reports: list[CaseReport]) -> str:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fundus2video.config import AugmentConfig
 from fundus2video.data_modules.cases import CaseRecord, folder_records, manifest_records
-from fundus2video.data_modules.check import bad_cases_message, check_records
+from fundus2video.data_modules.check import bad_cases_message, check_records, short_note
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
 from fundus2video.data_modules.sampling import SeededSampler
 from fundus2video.data_modules.splits import SPLITS, check_disjoint, read_split, split_by_patient, write_split
@@ -79,6 +79,8 @@ class Fundus2VideoDataModule(L.LightningDataModule):
             if bad:
                 log.warning("leaving out %s", bad_cases_message(reports))
                 records = [r for r in records if r.case_id not in bad]
+            if note := short_note([r for r in reports if r.ok], cfg["n_frames"]):
+                log.warning("%s", note[len("NOTE "):])
         patients = {r.case_id: r.patient_id for r in records}
         split_cfg = cfg["split"]
         if split_cfg["file"]:
@@ -97,9 +99,21 @@ class Fundus2VideoDataModule(L.LightningDataModule):
                                       km_threshold=cfg["km_threshold"])
         sizes = {s: len(d) for s, d in out.items()}
         log.info("cases per split: %s", sizes)
+        where = f"data.split.file {split_cfg['file']}" if split_cfg["file"] else f"data.split.fractions {tuple(split_cfg['fractions'])}"
         if sizes["train"] == 0:
-            raise DataError(f"{cfg['root']}: no training cases after the split {sizes}")
+            raise DataError(f"{cfg['root']}: no training cases after the split {sizes} ({where})")
+        if sizes["val"] == 0 and not self.evaluation:
+            log.warning("no validation cases after the split %s (%s): training runs without val/ scores, sample "
+                        "videos or knowledge-mask pictures", sizes, where)
         return out
+
+    def lesion_cases(self, split: str = "train") -> tuple[int, int]:
+        """(cases of `split` with a lesion mask, cases of `split`): for `model.mask_source=lesion`."""
+        self.setup()
+        data = self.datasets[split]
+        if isinstance(data, FileVideoDataset):
+            return sum(r.lesion is not None for r in data.records), len(data)
+        return len(data), len(data)  # the phantom draws every case's lesion mask
 
     def save_split(self, run_dir: str | Path) -> None:
         """Write the patient split of case files to `run_dir`/split.csv (the phantom has none)."""

@@ -140,8 +140,11 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """1 when any eye found was left out (or nothing was found), else 0."""
-        return 1 if not self.eyes or any(not e.ok for e in self.eyes) else 0
+        """2 when nothing importable was found (the source is not what the command takes), 1 when any eye
+        found was left out, else 0."""
+        if not self.eyes:
+            return 2
+        return 1 if any(not e.ok for e in self.eyes) else 0
 
     def format(self) -> str:
         return format_report(self)

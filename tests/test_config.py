@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +5,7 @@ from omegaconf import OmegaConf
 
 from fundus2video.commands.cli import main
 from fundus2video.config import ConfigError, from_plain, load_config, to_plain
+from tests.helpers.cli import run_cli
 
 # experiments (sweep files are wandb sweep configurations, validated in test_sweep.py)
 EXPERIMENTS = sorted(p for p in Path("experiments").rglob("*.yaml") if not {"sweeps", "studies"} & set(p.parts))
@@ -74,7 +73,7 @@ def test_config_is_read_only():
     (["train", "smoke", "model.ngff=3"], "did you mean 'model.generator.ngf'?"),
 ])
 def test_cli_errors_are_one_line(argv, expected):
-    proc = subprocess.run([sys.executable, "-m", "fundus2video", *argv], capture_output=True, text=True)
+    proc = run_cli(*argv)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr
@@ -82,8 +81,8 @@ def test_cli_errors_are_one_line(argv, expected):
 
 
 def test_dry_run_prints_resolved_config():
-    proc = subprocess.run([sys.executable, "-m", "fundus2video", "train", "smoke", "--dry-run",
-                           "--data.size=32"], capture_output=True, text=True, check=True)
+    proc = run_cli("train", "smoke", "--dry-run", "--data.size=32")
+    assert proc.returncode == 0, proc.stderr
     assert OmegaConf.create(proc.stdout).data.size == 32
 
 
@@ -107,6 +106,22 @@ def test_dry_run_prints_resolved_config():
     ("logging.fps=0", "logging.fps: 0 is out of range"),
     ("loss.nce=-1", "loss.nce: -1.0 is out of range"),
     ("data=5", "override: bad value for 'data'"),
+    ("seed=-1", "seed: -1 is out of range (expected 0 <= value <= 4294967295)"),
+    ("seed=99999999999", "seed: 99999999999 is out of range"),
+    ("data.phantom.seed=-2", "data.phantom.seed: -2 is out of range"),
+    ("data.augment.gamma=5", "data.augment.gamma: 5.0 is out of range (expected 0.0 <= value < 1.0)"),
+    ("data.augment.scale=2", "data.augment.scale: 2.0 is out of range (expected 0.0 <= value < 1.0)"),
+    ("data.augment.hue=3", "data.augment.hue: 3.0 is out of range (expected 0.0 <= value <= 0.5)"),
+    ("data.augment.rotate=400", "data.augment.rotate: 400.0 is out of range"),
+    ("loss.gan=inf", "loss.gan: inf is out of range (expected a finite weight >= 0"),
+    ("data.phantom.render_size=8", "data.phantom.render_size: 8 is out of range (expected 0, which draws at "
+     "data.size, or 32 to 4096)"),
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches: 0 trains nothing"),
+    ("trainer.fast_dev_run=-3", "trainer.fast_dev_run: -3 is out of range"),
+    ("trainer.devices=[0,0]", "trainer.devices: [0, 0] names a device twice"),
+    ("trainer.devices='1,1'", "trainer.devices: '1,1' names a device twice"),
+    ("trainer.devices=[-1]", "trainer.devices: [-1] is out of range (expected device indices >= 0"),
+    ("model.generator.ngf=100000", "the networks do not fit in this machine's memory (model.generator.ngf=100000"),
 ])
 def test_values_without_meaning_stop_before_anything_runs(override, message, capsys, tmp_path):
     assert main(["train", "smoke", override, f"logging.root={tmp_path}"]) == 2
@@ -136,3 +151,19 @@ def test_a_renamed_key_names_its_new_name_and_old_checkpoints_still_load(tmp_pat
     saved = to_plain(load_config("experiments/smoke.yaml", ["loss.kad=0.5"]))
     saved["loss"]["gan_km"] = saved["loss"].pop("kad")  # a checkpoint's config from before the rename
     assert from_plain(saved).loss.kad == 0.5
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["evaluate", "--ckpt", "x.ckpt", "--split", "bogus"],
+     "fundus2video evaluate: error: argument --split: invalid choice: 'bogus'"),
+    (["nosuch"], "fundus2video: error: argument command: invalid choice: 'nosuch'"),
+    (["generate", "--cf", "a.png"], "fundus2video generate: error: the following arguments are required: --ckpt"),
+    # train's options, given to a command that has none of them: named, not ignored
+    (["config", "smoke", "--resume", "last"], "override '--resume' is not of the form key=value"),
+    (["config", "smoke", "--dry-run"], "override '--dry-run' is not of the form key=value"),
+])
+def test_usage_errors_are_one_line(argv, expected):
+    proc = run_cli(*argv)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr

@@ -3,8 +3,6 @@
 import csv
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -19,6 +17,7 @@ from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.splits import check_disjoint, read_split, split_by_patient, write_split
 from fundus2video.errors import CaseError, DataError
+from tests.helpers.cli import run_cli
 
 K = 3
 
@@ -221,8 +220,7 @@ def test_datamodule_serves_batches_from_disk_and_reuses_a_split(tmp_path, mp4_ro
 def test_data_check_cli_names_the_broken_case(tmp_path):
     root = write_phantom(tmp_path / "demo", 4, size=48, n_frames=6, video="png", progress=False)
     (root / "phantom0002" / "cf.png").write_bytes(b"broken")
-    proc = subprocess.run([sys.executable, "-m", "fundus2video", "data", "check", str(root), "data.size=32"],
-                          capture_output=True, text=True)
+    proc = run_cli("data", "check", root, "data.size=32")
     assert proc.returncode == 1, proc.stderr
     assert "case" in proc.stdout.splitlines()[0] and "roi" in proc.stdout.splitlines()[0]
     assert "BAD phantom0002: unreadable image" in proc.stdout
@@ -379,3 +377,41 @@ def test_training_on_bad_data_stops_before_making_a_run_directory(png_root, tmp_
     assert main(["train", "smoke", *TINY, "data.source=folders", f"data.root={root}", f"logging.root={runs}"]) == 2
     assert "byte 0xfc is not UTF-8" in capsys.readouterr().err
     assert not runs.exists() or not any(runs.rglob("*"))
+
+
+def test_data_check_names_cases_shorter_than_asked_and_takes_experiment_after_the_path(png_root, tmp_path):
+    # 6-frame cases, 100 asked: used with all their frames, and the check says so
+    proc = run_cli("data", "check", png_root, "--experiment", "smoke", "data.size=32", "data.n_frames=100")
+    assert proc.returncode == 0, proc.stderr
+    assert "NOTE 6 case(s) have fewer frames than data.n_frames=100 and are used with all they have (6..6)" \
+        in proc.stdout
+    assert "NOTE" not in run_cli("data", "check", png_root, "data.size=32", "data.n_frames=6").stdout
+    # an --experiment after the path is the option, not an override (an unknown one is named)
+    proc = run_cli("data", "check", png_root, "--experiment", "nosuch")
+    assert proc.returncode == 2 and "experiment not found: experiments/nosuch.yaml" in proc.stderr, proc.stderr
+
+
+def test_lesion_guidance_without_lesion_masks_and_a_split_without_validation_are_told(png_root, tmp_path,
+                                                                                     capsys, caplog):
+    import shutil
+
+    from fundus2video.commands.cli import main
+    from tests.conftest import TINY
+
+    root = shutil.copytree(png_root, tmp_path / "data")
+    for mask in root.glob("*/lesion*.png"):
+        mask.unlink()
+    runs = tmp_path / "runs"
+    data = ["data.source=folders", f"data.root={root}", f"logging.root={runs}", "data.n_frames=6"]
+    assert main(["train", "smoke", *TINY, *data, "model.mask_source=lesion"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("fundus2video: error: model.mask_source=lesion: none of the 2 training cases has a lesion mask "
+                   "(lesion.png in a case folder); use model.mask_source=knowledge"), err
+    assert not runs.exists() or not any(runs.rglob("*"))
+    # a split file with no validation case: training runs, and says what it will not produce
+    patients = {r.case_id: r.patient_id for r in folder_records(root)}
+    write_split(tmp_path / "split.csv", patients, dict.fromkeys(patients, "train"))
+    dm = Fundus2VideoDataModule(_data_cfg(root, f"data.split.file={tmp_path / 'split.csv'}"))
+    with caplog.at_level("WARNING", logger="fundus2video"):
+        dm.setup()
+    assert "no validation cases after the split {'train': 6, 'val': 0, 'test': 0} (data.split.file" in caplog.text

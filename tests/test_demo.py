@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,6 +84,25 @@ def ckpt(request):
     if os.environ.get("FUNDUS2VIDEO_DEMO_CKPT"):
         return Path(os.environ["FUNDUS2VIDEO_DEMO_CKPT"])
     return request.getfixturevalue("trained_run")("local_kba") / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("where", ["host", "port"])
+def test_an_address_it_cannot_serve_on_is_named_and_leaves_nothing(ckpt, where, tmp_path, capsys, monkeypatch):
+    """An unknown host stops before the checkpoint loads; a taken port after it, with the outputs'
+    temp folder removed again."""
+    pytest.importorskip("gradio", reason="the [demo] extra is not installed (make browser-deps)")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        host, port = ("no.such.host.invalid", 7860) if where == "host" else ("127.0.0.1", taken.getsockname()[1])
+        assert demo_mod.main(["--ckpt", str(ckpt), "--host", host, "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    expected = (f"--host {host}: not an address of this machine" if where == "host"
+                else f"cannot serve on {host}:{port}")
+    assert err.startswith(f"fundus2video: error: {expected}"), err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("fundus2video-demo-")] == []
 
 
 def _free_port() -> int:

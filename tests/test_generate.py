@@ -1,8 +1,5 @@
 """`fundus2video generate`: a playable video from a photo the test writes; clear errors."""
 
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from fundus2video.errors import UserError
 from fundus2video.hub import load_module
 from fundus2video.inference import generate_videos, prepare_photo
 from fundus2video.video_io import read_video
+from tests.helpers.cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +25,7 @@ def _photo(path, size=96, index=5):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "fundus2video", "generate", *map(str, args)],
-                          capture_output=True, text=True)
+    return run_cli("generate", *args)
 
 
 def test_generate_writes_a_playable_video_with_the_requested_frames(tmp_path, ckpt):
@@ -248,3 +245,19 @@ def test_the_output_name_is_kept_as_given(tmp_path, ckpt):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["V.MP4", "V.gif", "eye.png"]
     assert read_video(tmp_path / "V.MP4").shape[0] == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command, device, expected", [
+    ("generate", "tpu", "--device tpu: not a device (expected cpu, cuda, cuda:N or mps)"),
+    ("generate", "cuda:1", "--device cuda:1: this machine has no CUDA GPU"),
+    ("evaluate", "cuda", "--device cuda: this machine has no CUDA GPU"),
+])
+def test_a_device_the_machine_lacks_is_named_not_blamed_on_the_checkpoint(ckpt, tmp_path, command, device,
+                                                                         expected):
+    args = ["--cf", _photo(tmp_path / "eye.png"), "--out", tmp_path / "v.mp4"] if command == "generate" else []
+    proc = run_cli(command, "--ckpt", ckpt, *args, "--device", device)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"fundus2video: error: {expected}"), lines
+    with pytest.raises(UserError, match="device tpu: not a device"):
+        load_module(ckpt, "tpu")

@@ -214,7 +214,7 @@ class TrainerConfig:
     limit_val_batches: Any = 1.0
     check_val_every_n_epoch: int = 1
     log_every_n_steps: int = 10
-    fast_dev_run: bool = False
+    fast_dev_run: Any = False  # true: one batch of training and validation, nothing written; N: N batches
     enable_progress_bar: bool = True
     # true: deterministic algorithms (torch.use_deterministic_algorithms; on GPU also needs
     # CUBLAS_WORKSPACE_CONFIG=:4096:8, which train sets); "warn": only warn on nondeterministic ops
@@ -445,16 +445,32 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     need(cfg.data.n_frames >= cfg.model.window + 1,
          f"data.n_frames: {cfg.data.n_frames} frames cannot fill a window of model.window={cfg.model.window} "
          f"after the first (expected >= {cfg.model.window + 1})")
-    for key in ("hflip", "vflip", "affine_p", "blur", "photometric_p"):
+    for key in ("hflip", "vflip", "affine_p", "blur", "photometric_p", "translate"):
         within(f"data.augment.{key}", 0.0, 1.0)
-    for key in ("rotate", "scale", "translate", "brightness", "contrast", "saturation", "hue", "gamma"):
-        at_least(f"data.augment.{key}", 0.0)
+    within("data.augment.rotate", 0.0, 180.0)
+    for key in ("scale", "gamma"):  # 1 - value must stay a positive zoom / gamma
+        within(f"data.augment.{key}", 0.0, 1.0, open_high=True)
+    within("data.augment.hue", 0.0, 0.5)  # half the colour circle either way covers all of it
+    for key in ("brightness", "contrast", "saturation"):
+        within(f"data.augment.{key}", 0.0, 1.0)
     for key in ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1"):
-        at_least(f"loss.{key}", 0.0, ": a loss weight; 0 switches the term off")
+        value = cfg.loss[key]
+        need(0 <= value < math.inf, f"loss.{key}: {value} is out of range (expected a finite weight >= 0; 0 "
+             "switches the term off)")
     need(cfg.loss.nce_temperature > 0, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of range "
          "(expected > 0)")
-    need(cfg.optim.fused in (True, False, "auto"),
-         f"optim.fused: {cfg.optim.fused!r} is not one of auto, true, false")
+    # Lightning's seed_everything takes 32-bit seeds; numpy's generators (the phantom) no negative ones
+    within("seed", 0, 2**32 - 1)
+    within("data.phantom.seed", 0, 2**32 - 1)
+    render = cfg.data.phantom.render_size
+    need(render == 0 or 32 <= render <= 4096, f"data.phantom.render_size: {render} is out of range (expected 0, "
+         "which draws at data.size, or 32 to 4096)")
+    limit = cfg.trainer.limit_train_batches
+    need(limit > 0, f"trainer.limit_train_batches: {limit} trains nothing (expected > 0: a number of batches, or "
+         "a fraction of them)")
+    dev_run = cfg.trainer.fast_dev_run
+    need(isinstance(dev_run, bool) or (isinstance(dev_run, int) and dev_run >= 0),
+         f"trainer.fast_dev_run: {dev_run!r} is out of range (expected true, false or a number of batches >= 0)")
     need(cfg.trainer.deterministic in (True, False, "warn"),
          f"trainer.deterministic: {cfg.trainer.deterministic!r} is not one of true, false, warn")
     devices = cfg.trainer.devices
@@ -464,6 +480,14 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     need(devices == "auto" or count or listed,
          f"trainer.devices: {devices!r} is out of range (expected auto, -1 (all), a count >= 1 or a list "
          "like '0,1')")
+    if isinstance(devices, ListConfig) or "," in text:
+        ids = list(devices) if isinstance(devices, ListConfig) else [i for i in text.split(",") if i]
+        need(all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) if
+             isinstance(devices, ListConfig) else all(i.isdigit() for i in ids),
+             f"trainer.devices: {devices!r} is out of range (expected device indices >= 0, like [0, 1])")
+        need(bool(ids), f"trainer.devices: {devices!r} names no device (expected indices like [0, 1])")
+        need(len({int(i) for i in ids}) == len(ids), f"trainer.devices: {devices!r} names a device twice "
+             "(expected each index once, like [0, 1])")
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -563,11 +563,37 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     return LoadedGenerator(module.generator, config, str(local)).to(device)
 
 
+DEVICES = "cpu, cuda, cuda:N or mps"
+
+
+def check_device(device: str | torch.device, flag: str = "device") -> torch.device:
+    """`device` as a torch.device this machine has; otherwise a one-line UserError naming `flag` (a
+    checkpoint must not be blamed for a device that does not exist)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{flag} {device}: not a device (expected {DEVICES})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{flag} {device}: this machine has no CUDA GPU (torch {torch.__version__}); use "
+                            f"{flag} cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"{flag} {device}: Apple's MPS is not available here; use {flag} cpu")
+    elif dev.type != "cpu":
+        raise UserError(f"{flag} {device}: not supported (expected {DEVICES})")
+    return dev
+
+
 def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | LoadedGenerator:
     """A trained model in eval mode from any source: a fundus2video `.ckpt` (the LightningModule), a Hub
     folder (config.json + model.safetensors, `export --format hub`: a `LoadedGenerator`, inference
     only, with the same `cfg.data` / `device` / call as the module), an http(s) URL of either, or
     `hf://REPO_ID[@REV]`. A file that is not a checkpoint fails in one line naming it."""
+    check_device(device)
     local = resolve(ckpt)  # URLs and hf:// downloaded into their caches; local paths as given
     if (folder := hub_folder(local)) is not None:
         return load_folder(folder, device)

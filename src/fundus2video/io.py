@@ -32,15 +32,29 @@ def atomic_path(path: str | Path):
     """Yield a temporary path next to `path` (same suffix); rename it onto `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    prefix = f".{path.stem}."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+    except OSError as err:
+        raise _as_written(err, path, prefix) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+    except OSError as err:
+        raise _as_written(err, path, prefix) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _as_written(err: OSError, path: Path, prefix: str) -> OSError:
+    """`err` naming the file the user asked for instead of its hidden temporary sibling."""
+    name = os.path.basename(str(err.filename or ""))
+    if not name.startswith(prefix):
+        return err
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def refuse_input_as_output(flag: str, outputs: list[str | Path], inputs: list[str | Path | None]) -> None:

@@ -45,8 +45,15 @@ def handler(command: str):
     return getattr(importlib.import_module(f"fundus2video.commands.{module}"), function)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the subcommands' parsers are made of the same class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fundus2video", description=__doc__.splitlines()[0])
+    parser = Parser(prog="fundus2video", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "train an experiment"),
                             ("config", "print an experiment's resolved configuration")):
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Read Ophthalmic Photography DICOM under SRC (headers first), pair each "
                               "eye's colour photo with its angiogram frames in acquisition order and write "
                               "<out>/<case>/cf.png, ffa/NNN.png and cases.csv. Exit status 1 when any eye was "
-                              "left out, 2 for usage errors.")
+                              "left out, 2 for usage errors and when no eye was found at all.")
     dcm.add_argument("src", help="a folder of DICOM files (walked; a DICOMDIR is only a hint)")
     dcm.add_argument("--out", required=True, help="output folder (a new or empty one, or see --overwrite)")
     dcm.add_argument("--anonymize", action="store_true",
@@ -167,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "data" else f"data {args.data_command}"
     try:
-        if hasattr(args, "overrides"):
+        # options that argparse's REMAINDER leaves among the overrides: taken out for the command that has
+        # them; for the others they stay, and the override check names them
+        if command == "train":
             flags, args.overrides = split_flags(args.overrides, {"--dry-run"})
-            args.dry_run = getattr(args, "dry_run", False) or "--dry-run" in flags
+            args.dry_run = "--dry-run" in flags
             args.resume, args.overrides = take_option(args.overrides, "--resume")
             args.init_from, args.overrides = take_option(args.overrides, "--init-from")
+        if command == "data check":
+            experiment, args.overrides = take_option(args.overrides, "--experiment")
+            args.experiment = experiment or args.experiment
         return handler(command)(args)
     except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)

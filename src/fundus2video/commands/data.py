@@ -21,7 +21,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     records = list_records(to_plain(d))
     reports = check_records(records, d.size, cfg.model.window + 1, d.manifest.per_phase, d.n_frames,
                             d.km_threshold, progress=sys.stderr.isatty())
-    print(format_table(reports))
+    print(format_table(reports, d.n_frames))
     return 1 if any(not r.ok for r in reports) else 0
 
 

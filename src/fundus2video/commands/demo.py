@@ -166,9 +166,15 @@ class DemoModel:
         self.checkpoint = None if str(ckpt).startswith("hf://") else local
         found = window_function(self.module, self.size, runtime, self.checkpoint, bf16)
         self.runtime = "onnxruntime" if found is not None else "torch"  # auto's choice, after any fallback
+        self._own_dir = work_dir is None  # the temp folder made here is removed by close(); a given one is kept
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="fundus2video-demo-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.has_attention = len(getattr(self.module.cfg.model.generator, "kba_stages", None) or ()) > 0
+
+    def close(self) -> None:
+        """Remove the outputs' temp folder, if this object made it."""
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     @property
     def size(self) -> int:
@@ -332,7 +338,13 @@ def serve(ckpt: str | Path, host: str = "127.0.0.1", port: int = 7860, device: s
         demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
                     **launch_options())
     except OSError as err:  # gradio's message for a taken port names it
+        demo.model.close()
         raise UserError(f"cannot serve on {host}:{port}: {err}") from None
+    except BaseException:  # Ctrl-C ends a blocking serve: the outputs' temp folder goes with it
+        demo.model.close()
+        raise
+    if block:
+        demo.model.close()
     return demo
 
 
@@ -356,16 +368,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def _check_host(host: str) -> None:
+    """An address this machine can listen on, checked before anything loads (gradio's own failure
+    blames the port)."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as err:
+        raise UserError(f"--host {host}: not an address of this machine ({err}); e.g. 127.0.0.1 or 0.0.0.0") \
+            from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # the cheap checks first: a wrong path or a missing extra fails at once, before torch and the checkpoint load
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected 0 to 65535 (0: any free port)")
     if args.max_queue < 1:
         raise UserError(f"--max-queue {args.max_queue}: expected at least 1 (requests that may wait)")
+    _check_host(args.host)
     if "://" not in args.ckpt and not Path(args.ckpt).exists():  # URLs and hf:// are load_module's to fetch
         raise UserError(f"checkpoint not found: {args.ckpt} (make train writes "
                         "runs/fundus2video_cpu/latest/checkpoints/last.ckpt)")
     _gradio()
+    if args.device is not None:
+        from fundus2video.hub import check_device
+
+        check_device(args.device, "--device")
     serve(args.ckpt, args.host, args.port, args.device, args.bf16, args.max_queue, runtime=args.runtime)
     return 0
 

@@ -318,6 +318,9 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from fundus2video.hub import check_device
+
+    check_device(args.device, "--device")
     out = evaluate(args.ckpt, args.data, args.split, args.protocol, args.out, args.i3d, args.lpips, args.lpips_net,
                    args.device, args.bf16)
     report = json.loads((out / "metrics.json").read_text())

@@ -9,11 +9,10 @@ from fundus2video.errors import UserError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from fundus2video import hub
-    from fundus2video.hub import load_module
+    from fundus2video.hub import check_device, load_module
     from fundus2video.inference import generate_videos, output_targets, photos_in
     from fundus2video.onnx_runtime import resolve_runtime
 
@@ -22,9 +21,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.fps < 1:
         raise UserError(f"--fps must be at least 1 frame per second, got {args.fps}")
     runtime = resolve_runtime(args.runtime, args.device, args.bf16)  # refused before anything loads
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: this machine has no CUDA GPU (torch {torch.__version__}); use "
-                        "--device cpu")
+    check_device(args.device, "--device")
     photos = photos_in(args.cf)
     formats = ("mp4", "gif") if args.gif else ("mp4",)
     targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side)

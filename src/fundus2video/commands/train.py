@@ -276,6 +276,53 @@ def check_resources(cfg: DictConfig) -> None:
                               "vgg19-dcbb9e9d.pth; or set loss.vgg=0)") from None
 
 
+def _available_bytes() -> int | None:
+    """Memory the system can still give (Linux's MemAvailable plus free swap), None where unknown."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return (int(info["MemAvailable"].split()[0]) + int(info.get("SwapFree", "0 kB").split()[0])) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def build_module(cfg: DictConfig) -> Fundus2VideoModule:
+    """The LightningModule of `cfg`; networks too large for this machine's memory stop in one line,
+    measured on the meta device first (where the kernel overcommits, allocating would not fail: the
+    first write would bring the OOM killer instead)."""
+    g, d = cfg.model.generator, cfg.model.discriminator
+    sizes = (f"model.generator.ngf={g.ngf}, n_blocks={g.n_blocks}, netg={g.netg}; model.discriminator.ndf={d.ndf}, "
+             f"num_d={d.num_d}")
+    with torch.device("meta"):
+        shapes = Fundus2VideoModule(to_plain(cfg))
+    need = 4 * sum(p.numel() * p.element_size() for p in shapes.parameters())  # weights, gradients, Adam's 2 moments
+    have = _available_bytes()
+    if have is not None and need > have:
+        raise ConfigError(f"the networks do not fit in this machine's memory ({sizes}): their weights, gradients "
+                          f"and optimizer state need {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are available "
+                          "(the paper's generator has ngf=64)")
+    try:
+        return Fundus2VideoModule(to_plain(cfg))
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "can't allocate memory" not in str(err):
+            raise
+        raise ConfigError(f"the networks do not fit in this machine's memory ({sizes}); the paper's generator has "
+                          "ngf=64") from None
+
+
+def check_mask_source(cfg: DictConfig, datamodule: Fundus2VideoDataModule) -> None:
+    """`model.mask_source=lesion` needs lesion masks: without any, every mask would be empty and the
+    guidance would silently do nothing."""
+    if cfg.model.mask_source != "lesion":
+        return
+    have, total = datamodule.lesion_cases("train")
+    if have == 0:
+        raise ConfigError(f"model.mask_source=lesion: none of the {total} training cases has a lesion mask "
+                          f"(lesion.png in a case folder); use model.mask_source=knowledge")
+    if have < total:
+        log.warning("model.mask_source=lesion: %d of %d training cases have no lesion mask; theirs is empty "
+                    "(no guidance on those cases)", total - have, total)
+
+
 def resolve_resume(cfg: DictConfig, resume: str) -> Path:
     """`last` (the newest run of this experiment) or a checkpoint path -> the checkpoint file.
     Warns about settings that differ from the checkpoint's (the run continues with `cfg`'s)."""
@@ -420,7 +467,8 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, seed=cfg.seed)
     datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before a run directory exists
-    module = Fundus2VideoModule(to_plain(cfg))
+    check_mask_source(cfg, datamodule)
+    module = build_module(cfg)
     if init_from:  # a file that is not a checkpoint of this network stops here too
         init_weights_from(module, init_from)
     run_dir = make_run_dir(cfg)
@@ -487,7 +535,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as stop:
         print(f"\n{stop}\nresume with: fundus2video train {args.experiment} --resume {stop.checkpoint}")
         return 130 if stop.signal == "SIGINT" else 143  # 128 + the signal: the status a killed job would have
-    print(f"\nrun directory: {run_dir}\n"
-          f"  config.yaml, checkpoints/last.ckpt, metrics.csv, knowledge_masks.png,\n"
-          f"  samples/last.mp4 and samples/last.gif (CF | real FFA | generated FFA)")
+    print(f"\nrun directory: {run_dir}\n  {written(run_dir)}")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        print("  no checkpoint: trainer.fast_dev_run only checks the loop, it saves nothing"
+              if cfg.trainer.fast_dev_run else "  no checkpoint was written")
     return 0
+
+
+def written(run_dir: Path) -> str:
+    """The run's outputs that exist, in the order a reader looks for them."""
+    names = ["config.yaml", "checkpoints/last.ckpt", "metrics.csv", "knowledge_masks.png", "samples/last.mp4",
+             "samples/last.gif"]
+    found = [n for n in names if (run_dir / n).is_file()]
+    samples = " (CF | real FFA | generated FFA)" if any(n.startswith("samples/") for n in found) else ""
+    return ", ".join(found) + samples
