@@ -83,11 +83,14 @@ browser-deps: $(VENV)/.demo-installed ## install chromium + chromedriver (apt, w
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; fi
 	$(PY) -m pip install --quiet "selenium>=4.20,<5" gradio_client
 
-test: install ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+# the suite runs in one worker per core (pytest-xdist), each with one thread: its tensors are small, so
+# threads inside a test mostly wait for each other while a second worker keeps the other core busy
+TEST_JOBS ?= auto
+test: install ## run the whole test suite (what CI runs): make test [TEST_JOBS=auto|N|0]
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
 test-fast: install ## the suite without the end-to-end trainings marked slow (the edit loop; CI runs all)
-	$(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS) -m "not slow"
 
 lint: install ## ruff (CI runs it before the tests)
 	$(VENV)/bin/ruff check .
