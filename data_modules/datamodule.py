@@ -99,7 +99,8 @@ class Fundus2VideoDataModule(L.LightningDataModule):
                                       km_threshold=cfg["km_threshold"])
         sizes = {s: len(d) for s, d in out.items()}
         log.info("cases per split: %s", sizes)
-        where = f"data.split.file {split_cfg['file']}" if split_cfg["file"] else f"data.split.fractions {tuple(split_cfg['fractions'])}"
+        where = (f"data.split.file {split_cfg['file']}" if split_cfg["file"]
+                 else f"data.split.fractions {tuple(split_cfg['fractions'])}")
         if sizes["train"] == 0:
             raise DataError(f"{cfg['root']}: no training cases after the split {sizes} ({where})")
         if sizes["val"] == 0 and not self.evaluation:

@@ -1,6 +1,6 @@
 """Knowledge-boosted attention (KBA): the loss that teaches the generator where to look.
 
-At each KBA stage the generator (`networks/generator.py`, `GlobalGenerator._boost`) computes an
+At each KBA stage the generator (`networks/kba.py`, `KnowledgeBoostedAttention.boost`) computes an
 attention map A = sigmoid(logit) and boosts its features by (1 + A). The loss supervises A with the
 knowledge mask, the regions where early and late frames differ (`knowledge.py`):
 

@@ -10,12 +10,8 @@ PatchNCE uses, {0, 4, 8, 12, 16}, match pix2pixHD's `GlobalGenerator`:
   reflect-pad 3, conv 7x7 (output_nc), tanh
 InstanceNorm has affine=False (no parameters), as in pix2pixHD.
 
-KBA (this project's formulation, docs/METHOD.md; the release has no KBA code): at each configured
-stage, an attention head gives A = sigmoid(conv3x3(f)) in [0, 1]^(h x w) and the features are
-boosted, f' = f * (1 + A); training pulls A toward the knowledge mask resized to h x w (BCE),
-so at inference, from the CF alone, the generator attends where dynamics happen. Stages:
-"bottleneck" (after the residual blocks) and "up1".."up{n_downsample}" (after each upsampling
-block). With no stages the generator is exactly pix2pixHD's and loads its weights.
+Knowledge-boosted attention (KBA, `networks/kba.py`) acts after the configured layers of `model`;
+with none, the generator is exactly pix2pixHD's and loads its weights.
 """
 
 from __future__ import annotations
@@ -23,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fundus2video.networks.kba import KnowledgeBoostedAttention, kba_channels, kba_positions
 
 
 def init_weights(module: nn.Module) -> None:
@@ -57,12 +55,6 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-def kba_positions(n_downsample: int, n_blocks: int) -> dict[str, int]:
-    """Stage name -> index of the layer of `model` after which KBA acts."""
-    bottleneck = 4 + 3 * n_downsample + n_blocks - 1
-    return {"bottleneck": bottleneck, **{f"up{i}": bottleneck + 3 * i for i in range(1, n_downsample + 1)}}
-
-
 class GlobalGenerator(nn.Module):
     """Maps (B, input_nc, H, W) in [-1, 1] to (B, output_nc, H, W) in [-1, 1].
 
@@ -92,10 +84,9 @@ class GlobalGenerator(nn.Module):
         unknown = [s for s in kba_stages if s not in positions]
         if unknown:
             raise ValueError(f"unknown KBA stage(s) {unknown}; expected some of {list(positions)}")
-        channels = {"bottleneck": ngf * 2**n_downsample,
-                    **{f"up{i}": ngf * 2 ** (n_downsample - i) for i in range(1, n_downsample + 1)}}
+        channels = kba_channels(ngf, n_downsample)
         # attention heads, keyed by stage; `_kba_at` maps a layer index to its stage
-        self.attention = nn.ModuleDict({s: nn.Conv2d(channels[s], 1, 3, padding=1) for s in kba_stages})
+        self.attention = nn.ModuleDict({s: KnowledgeBoostedAttention(channels[s]) for s in kba_stages})
         self._kba_at = {positions[s]: s for s in kba_stages}
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
@@ -105,12 +96,8 @@ class GlobalGenerator(nn.Module):
         for i, layer in enumerate(self.model):
             x = layer(x)
             if i in self._kba_at:
-                x, logits[self._kba_at[i]] = self._boost(self._kba_at[i], x)
+                x, logits[self._kba_at[i]] = self.attention[self._kba_at[i]].boost(x)
         return (x, logits) if return_attention else x
-
-    def _boost(self, stage: str, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit = self.attention[stage](f)
-        return f * (1 + torch.sigmoid(logit)), logit
 
     def encode(self, x: torch.Tensor, layer_ids: list[int]) -> list[torch.Tensor]:
         """Outputs of the layers `layer_ids` of `model` (index 0 = the input padding's output),
@@ -119,7 +106,7 @@ class GlobalGenerator(nn.Module):
         for i, layer in enumerate(self.model):
             x = layer(x)
             if i in self._kba_at:
-                x, _ = self._boost(self._kba_at[i], x)
+                x, _ = self.attention[self._kba_at[i]].boost(x)
             if i in layer_ids:
                 feats.append(x)
             if i == last:
