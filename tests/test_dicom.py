@@ -310,6 +310,13 @@ def test_usage_errors_exit_2_in_one_line(clean, tmp_path, capsys):
         assert err.startswith("fundus2video: error: import-dicom:") and err.count("\n") == 1, err
     assert cli.main(["data", "import-dicom", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cases")]) == 2
     assert "source not found" in capsys.readouterr().err
+    # a source with no DICOM eye at all is not what the command takes: the report, then status 2
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x.txt").write_text("hello")
+    assert cli.main(["data", "import-dicom", str(tmp_path / "notes"), "--out", str(tmp_path / "cases")]) == 2
+    printed = capsys.readouterr().out
+    assert "no eye found" in printed and "SKIPPED x.txt: not DICOM" in printed
+    assert not (tmp_path / "cases").exists()
     assert not (tmp_path / "cases").exists()
 
 
