@@ -106,7 +106,9 @@ def wandb_mode(setting: str) -> str:
 def git(*args: str) -> str:
     """A git command's output in the package's checkout ("" outside one, or when git is missing)."""
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+        # --no-optional-locks: `git status` would otherwise refresh the index under .git/index.lock, and a
+        # user's own commit at that moment fails ("Another git process seems to be running")
+        out = subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
@@ -294,12 +296,16 @@ def build_module(cfg: DictConfig) -> Fundus2VideoModule:
              f"num_d={d.num_d}")
     with torch.device("meta"):
         shapes = Fundus2VideoModule(to_plain(cfg))
-    need = 4 * sum(p.numel() * p.element_size() for p in shapes.parameters())  # weights, gradients, Adam's 2 moments
+    # on the CPU the weights, their gradients and Adam's two moments live in this memory; training on a GPU
+    # builds the weights here first, the rest is on the GPU
+    on_cpu = cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available()
+    need = (4 if on_cpu else 1) * sum(p.numel() * p.element_size() for p in shapes.parameters())
     have = _available_bytes()
     if have is not None and need > have:
-        raise ConfigError(f"the networks do not fit in this machine's memory ({sizes}): their weights, gradients "
-                          f"and optimizer state need {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are available "
-                          "(the paper's generator has ngf=64)")
+        what = "their weights, gradients and optimizer state" if on_cpu else "their weights"
+        raise ConfigError(f"the networks do not fit in this machine's memory ({sizes}): {what} need "
+                          f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are available (the paper's generator has "
+                          "ngf=64)")
     try:
         return Fundus2VideoModule(to_plain(cfg))
     except (MemoryError, RuntimeError) as err:
