@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,19 @@ def test_dry_run_prints_resolved_config():
     ("trainer.devices='1,1'", "trainer.devices: '1,1' names a device twice"),
     ("trainer.devices=[-1]", "trainer.devices: [-1] is out of range (expected device indices >= 0"),
     ("model.generator.ngf=100000", "the networks do not fit in this machine's memory (model.generator.ngf=100000"),
+    ("model.generator.n_downsample=1000000000", "model.generator.n_downsample: 1000000000 is out of range (expected "
+     "1 to 12)"),
+    ("data.size=1000000000", "data.size: 1000000000 is out of range (expected 16 to 4096)"),
+    ("data.n_frames=1000000000", "data.n_frames: 1000000000 is out of range (expected at most 1000)"),
+    ("model.generator.n_blocks=100000", "model.generator.n_blocks: 100000 is out of range (expected at most 64)"),
+    ("logging.fps=100000", "logging.fps: 100000 is out of range (expected at most 240)"),
+    ("data.manifest.merge_phases=[1]", "override: bad value for 'data.manifest.merge_phases'"),
+    ("trainer.devices='0,,1'", "trainer.devices: '0,,1' is out of range"),
+    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches: expected a number >= 0 (int: batches, float: "
+     "a fraction up to 1.0), got 1.5"),
+    ("model.generator.kba_stages=[bottleneck,bottleneck]", "model.generator.kba_stages: ['bottleneck', "
+     "'bottleneck'] names a stage twice"),
+    ("loss.nce_temperature=inf", "loss.nce_temperature: inf is out of range (expected a finite temperature > 0)"),
 ])
 def test_values_without_meaning_stop_before_anything_runs(override, message, capsys, tmp_path):
     assert main(["train", "smoke", override, f"logging.root={tmp_path}"]) == 2
@@ -167,3 +181,11 @@ def test_usage_errors_are_one_line(argv, expected):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("layers", ["[]", "[0,0]", "[-1]"])
+def test_patchnce_needs_distinct_layers_while_it_is_on(layers):
+    with pytest.raises(ConfigError, match=re.escape("loss.nce_layers: ") + ".*expected distinct generator layer "
+                       "indices >= 0, at least one while loss.nce=1.0 > 0"):
+        load_config("experiments/smoke.yaml", ["loss.nce=1", f"loss.nce_layers={layers}"])
+    load_config("experiments/smoke.yaml", ["loss.nce=0", f"loss.nce_layers={layers}"])  # off: not used

@@ -280,7 +280,11 @@ def nearest_key(key: str) -> str | None:
     return close[0] if close else None
 
 
-def _explain(err: OmegaConfBaseException, source: str, item: str = "") -> ConfigError:
+# OmegaConf's own errors, and the TypeError it raises for a list given where a mapping belongs
+MERGE_ERRORS = (OmegaConfBaseException, TypeError)
+
+
+def _explain(err: Exception, source: str, item: str = "") -> ConfigError:
     key = getattr(err, "full_key", None) or item.split("=", 1)[0]
     msg = (getattr(err, "msg", None) or str(err) or type(err).__name__).splitlines()[0]
     if "not in struct" in msg or ("Key '" in msg and "not" in msg):
@@ -310,17 +314,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for layer_path in _experiment_chain(Path(path)) if path is not None else []:
         try:
             cfg = OmegaConf.merge(cfg, _read_yaml(layer_path))
-        except OmegaConfBaseException as err:
+        except MERGE_ERRORS as err:
             raise _explain(err, str(layer_path)) from None
     if overrides:
         items = parse_overrides(overrides)
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
-        except OmegaConfBaseException as err:
+        except MERGE_ERRORS as err:
             for item in items:  # name the override that does not fit
                 try:
                     OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-                except OmegaConfBaseException as one:
+                except MERGE_ERRORS as one:
                     raise _explain(one, "override", item) from None
             raise _explain(err, "override") from None
     _check(cfg)
@@ -377,7 +381,10 @@ def _check(cfg: DictConfig) -> None:
     fr = list(cfg.data.split.fractions)
     need(len(fr) == 3 and min(fr) >= 0 and abs(sum(fr) - 1) < 1e-6,
          f"data.split.fractions: expected three non-negative numbers summing to 1, got {fr}")
-    need(cfg.data.size >= 16, f"data.size: {cfg.data.size} is too small (>= 16)")
+    need(16 <= cfg.data.size <= 4096, f"data.size: {cfg.data.size} is out of range (expected 16 to 4096)")
+    # before 2 ** n_downsample below: at 4096 pixels, 12 halvings leave one
+    need(1 <= cfg.model.generator.n_downsample <= 12, f"model.generator.n_downsample: "
+         f"{cfg.model.generator.n_downsample} is out of range (expected 1 to 12)")
     div = 2 ** (cfg.model.generator.n_downsample + (cfg.model.generator.netg == "local"))
     need(cfg.data.size % div == 0,
          f"data.size: {cfg.data.size} must be divisible by {div} (2**n_downsample, x2 for netg=local)")
@@ -386,14 +393,21 @@ def _check(cfg: DictConfig) -> None:
     need(0.0 < cfg.data.km_threshold < 1.0, "data.km_threshold: expected a value in (0, 1)")
     for key in ("limit_train_batches", "limit_val_batches"):
         value = cfg.trainer[key]
-        need(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
-             f"trainer.{key}: expected a number >= 0 (int: batches, float: fraction), got {value!r}")
+        need(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+             and (isinstance(value, int) or value <= 1.0),
+             f"trainer.{key}: expected a number >= 0 (int: batches, float: a fraction up to 1.0), got {value!r}")
     need(cfg.loss.gv == 0 or cfg.model.window == 3,
          f"loss.gv: the release's gradient variance blends the window's three frames like RGB; it needs "
          f"model.window=3 (got {cfg.model.window}) or loss.gv=0")
     stages = ["bottleneck"] + [f"up{i}" for i in range(1, cfg.model.generator.n_downsample + 1)]
     bad = [s for s in cfg.model.generator.kba_stages if s not in stages]
     need(not bad, f"model.generator.kba_stages: unknown stage(s) {bad} (expected some of {stages})")
+    kba = list(cfg.model.generator.kba_stages)
+    need(len(set(kba)) == len(kba), f"model.generator.kba_stages: {kba} names a stage twice")
+    layers = list(cfg.loss.nce_layers)
+    need(cfg.loss.nce == 0 or (layers and min(layers) >= 0 and len(set(layers)) == len(layers)),
+         f"loss.nce_layers: {layers} (expected distinct generator layer indices >= 0, at least one while "
+         f"loss.nce={cfg.loss.nce} > 0)")
     need(cfg.rollout.ss_interval > 0, "rollout.ss_interval: must be > 0")
     need(cfg.optim.epochs_constant >= 0 and cfg.optim.epochs_decay >= 0,
          "optim.epochs_constant/epochs_decay: must be >= 0")
@@ -457,8 +471,14 @@ def _check_ranges(cfg: DictConfig, need) -> None:
         value = cfg.loss[key]
         need(0 <= value < math.inf, f"loss.{key}: {value} is out of range (expected a finite weight >= 0; 0 "
              "switches the term off)")
-    need(cfg.loss.nce_temperature > 0, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of range "
-         "(expected > 0)")
+    need(0 < cfg.loss.nce_temperature < math.inf, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of "
+         "range (expected a finite temperature > 0)")
+    # sizes past these build networks or videos that no machine runs (a hang, not an error, otherwise)
+    for key, high in (("data.n_frames", 1000), ("model.generator.n_blocks", 64), ("model.generator.n_blocks_local", 64),
+                      ("model.discriminator.n_layers", 8), ("model.discriminator.num_d", 8), ("data.num_workers", 256),
+                      ("logging.fps", 240)):
+        value = OmegaConf.select(cfg, key)
+        need(value <= high, f"{key}: {value} is out of range (expected at most {high})")
     # Lightning's seed_everything takes 32-bit seeds; numpy's generators (the phantom) no negative ones
     within("seed", 0, 2**32 - 1)
     within("data.phantom.seed", 0, 2**32 - 1)
@@ -481,7 +501,7 @@ def _check_ranges(cfg: DictConfig, need) -> None:
          f"trainer.devices: {devices!r} is out of range (expected auto, -1 (all), a count >= 1 or a list "
          "like '0,1')")
     if isinstance(devices, ListConfig) or "," in text:
-        ids = list(devices) if isinstance(devices, ListConfig) else [i for i in text.split(",") if i]
+        ids = list(devices) if isinstance(devices, ListConfig) else text.rstrip(",").split(",")  # "1,": index 1
         need(all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) if
              isinstance(devices, ListConfig) else all(i.isdigit() for i in ids),
              f"trainer.devices: {devices!r} is out of range (expected device indices >= 0, like [0, 1])")

@@ -18,7 +18,7 @@ import sys
 from fundus2video.commands import demo as demo_cli
 from fundus2video.commands import export as export_cli
 from fundus2video.commands import sweep as sweep_cli
-from fundus2video.commands.options import split_flags, take_option
+from fundus2video.commands.options import Parser, split_flags, take_option
 from fundus2video.errors import UserError
 
 # subcommand -> its handler in fundus2video.commands
@@ -43,13 +43,6 @@ COMMANDS = {
 def handler(command: str):
     module, function = COMMANDS[command].split(":")
     return getattr(importlib.import_module(f"fundus2video.commands.{module}"), function)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (the subcommands' parsers are made of the same class)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

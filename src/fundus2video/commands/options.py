@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+
 from fundus2video.errors import ConfigError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the subcommands' parsers are made of the same class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def take_option(rest: list[str], option: str) -> tuple[str | None, list[str]]:

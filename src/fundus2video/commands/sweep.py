@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fundus2video.commands.options import Parser
 from fundus2video.config import load_config, parse_overrides, resolve_sweep
 from fundus2video.errors import ConfigError, UserError
 from fundus2video.sweeps.search import Search
@@ -228,7 +229,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The `sweep` command: flags given after SWEEP arrive among the overrides and are parsed here."""
-    flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    flags = Parser(prog="fundus2video sweep", add_help=False, allow_abbrev=False)
     _add_flags(flags)
     args, overrides = flags.parse_known_args(args.overrides, namespace=args)
     if args.count is not None and args.count < 1:
