@@ -136,6 +136,10 @@ def test_dry_run_prints_resolved_config():
     ("model.generator.kba_stages=[bottleneck,bottleneck]", "model.generator.kba_stages: ['bottleneck', "
      "'bottleneck'] names a stage twice"),
     ("loss.nce_temperature=inf", "loss.nce_temperature: inf is out of range (expected a finite temperature > 0)"),
+    ("name=../../escape", "name: '../../escape' is not a plain name"),
+    ("name=.", "name: '.' is not a plain name"),
+    ("data.split.fractions=[1,0,0]", "data.split: the phantom's splits are data.phantom.n_train, n_val and n_test"),
+    ("trainer.max_epochs=0", "trainer.max_epochs: 0 epochs train nothing (trainer.max_epochs=0; expected at least 1)"),
 ])
 def test_values_without_meaning_stop_before_anything_runs(override, message, capsys, tmp_path):
     assert main(["train", "smoke", override, f"logging.root={tmp_path}"]) == 2
@@ -189,3 +193,17 @@ def test_patchnce_needs_distinct_layers_while_it_is_on(layers):
                        "indices >= 0, at least one while loss.nce=1.0 > 0"):
         load_config("experiments/smoke.yaml", ["loss.nce=1", f"loss.nce_layers={layers}"])
     load_config("experiments/smoke.yaml", ["loss.nce=0", f"loss.nce_layers={layers}"])  # off: not used
+
+
+def test_settings_that_together_train_nothing_or_less_than_they_seem(tiny, caplog):
+    from fundus2video.commands.train import check_training
+
+    off = [f"loss.{k}=0" for k in ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1")]
+    with pytest.raises(ConfigError, match="loss: every generator term is 0 .*nothing would train the generator"):
+        check_training(tiny(*off))
+    with pytest.raises(ConfigError, match=re.escape("trainer.max_epochs=-1 takes the schedule's optim.epochs_constant "
+                                                    "+ optim.epochs_decay = 0 + 0")):
+        check_training(tiny("trainer.max_epochs=-1", "optim.epochs_constant=0", "optim.epochs_decay=0"))
+    with caplog.at_level("WARNING", logger="fundus2video"):
+        check_training(tiny("loss.att=1", "model.generator.kba_stages=[]"))
+    assert "loss.att=1.0 has no effect: model.generator.kba_stages is empty" in caplog.text

@@ -375,6 +375,15 @@ def _check(cfg: DictConfig) -> None:
             raise ConfigError(msg)
 
     _check_choices(cfg, ExperimentConfig, "", need)
+    # the run directory is <logging.root>/<name>/...: a name that is a path would put it elsewhere
+    need(bool(cfg.name) and cfg.name not in (".", "..") and not any(c in cfg.name for c in "/\\\0"),
+         f"name: {cfg.name!r} is not a plain name (expected letters, digits, - or _; it names the folder under "
+         "logging.root)")
+    if cfg.data.source == "phantom":
+        default = SplitConfig()
+        need(not cfg.data.split.file and list(cfg.data.split.fractions) == default.fractions,
+             "data.split: the phantom's splits are data.phantom.n_train, n_val and n_test; data.split.file and "
+             "data.split.fractions apply to data.source=folders or manifest")
     need(cfg.data.source == "phantom" or bool(cfg.data.root),
          f"data.root: required for data.source={cfg.data.source} (the "
          + ("folder of case folders)" if cfg.data.source == "folders" else "manifest CSV)"))

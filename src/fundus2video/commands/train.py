@@ -257,8 +257,27 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+# the generator's loss weights: with all of them 0 nothing trains G
+G_TERMS = ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1")
+
+
+def check_training(cfg: DictConfig) -> None:
+    """Settings that are each valid but together train nothing, or less than they seem to."""
+    if not any(cfg.loss[k] > 0 for k in G_TERMS):
+        raise ConfigError(f"loss: every generator term is 0 ({', '.join(f'loss.{k}' for k in G_TERMS)}): nothing "
+                          "would train the generator")
+    if max_epochs(cfg) == 0 and not cfg.trainer.fast_dev_run:
+        why = ("trainer.max_epochs=0" if cfg.trainer.max_epochs == 0 else "trainer.max_epochs=-1 takes the schedule's "
+               f"optim.epochs_constant + optim.epochs_decay = {cfg.optim.epochs_constant} + {cfg.optim.epochs_decay}")
+        raise ConfigError(f"trainer.max_epochs: 0 epochs train nothing ({why}; expected at least 1)")
+    if cfg.loss.att > 0 and not cfg.model.generator.kba_stages:
+        log.warning("loss.att=%s has no effect: model.generator.kba_stages is empty (no attention head to train)",
+                    cfg.loss.att)
+
+
 def check_resources(cfg: DictConfig) -> None:
     """Files the run needs, and settings the machine cannot honour, checked before anything is created."""
+    check_training(cfg)
     check_accelerator(cfg.trainer)
     check_deterministic_on_cuda(cfg.trainer, cfg.model.generator.padding)
     chosen = strategy(cfg.trainer.strategy, cfg.trainer)  # a refused DDP alias stops here
@@ -272,10 +291,13 @@ def check_resources(cfg: DictConfig) -> None:
         from fundus2video.pretrained import resolve
 
         try:  # auto ("" too) or a name: the cached file, fetched and verified here, before the run starts
-            resolve(cfg.loss.vgg_weights or "auto", "loss.vgg_weights", auto=("vgg19",))
+            path = resolve(cfg.loss.vgg_weights or "auto", "loss.vgg_weights", auto=("vgg19",))
         except UserError as err:
             raise ConfigError(f"{err} (loss.vgg={cfg.loss.vgg} needs torchvision's VGG19 ImageNet weights, "
                               "vgg19-dcbb9e9d.pth; or set loss.vgg=0)") from None
+        from fundus2video.losses.perceptual import load_vgg19
+
+        load_vgg19(path)  # a file that is not VGG19's weights stops here, not in setup after the run directory
 
 
 def _available_bytes() -> int | None:
@@ -474,6 +496,10 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, seed=cfg.seed)
     datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before a run directory exists
     check_mask_source(cfg, datamodule)
+    n_train = len(datamodule.datasets["train"])
+    if cfg.data.batch_size > n_train:
+        log.warning("data.batch_size=%d is more than the %d training case(s): each batch holds %d",
+                    cfg.data.batch_size, n_train, n_train)
     module = build_module(cfg)
     if init_from:  # a file that is not a checkpoint of this network stops here too
         init_weights_from(module, init_from)

@@ -67,9 +67,8 @@ class VGG19Features(nn.Module):
         return out
 
 
-def _weights_help(path: Path) -> str:
-    return (f"Expected torchvision's ImageNet VGG19 weights, {WEIGHTS_FILE} ({WEIGHTS_URL}); "
-            f"download it and set {CONFIG_KEY} to its path (now: {path}).")
+WEIGHTS_HELP = (f"torchvision's ImageNet VGG19 weights, {WEIGHTS_FILE} ({WEIGHTS_URL}): download it and set "
+                f"{CONFIG_KEY} to its path")
 
 
 def _features_mismatch(state: Mapping, expected: Mapping[str, torch.Tensor], limit: int = 5) -> list[str]:
@@ -107,13 +106,13 @@ def load_vgg19(path: str | Path) -> VGG19Features:
     from fundus2video.io import read_state_dict
 
     path = Path(path)
-    state = read_state_dict(path, f"torchvision's VGG19 weights. {_weights_help(path)}")
+    state = read_state_dict(path, WEIGHTS_HELP)
     vgg = VGG19Features()
     expected = vgg.state_dict()
     problems = _features_mismatch(state, expected)
     if problems:
         raise UserError(f"{path} does not match VGG19's features:\n  " + "\n  ".join(problems)
-                        + f"\n{_weights_help(path)}")
+                        + f"\nexpected {WEIGHTS_HELP}")
     vgg.load_state_dict({k: state[k] for k in expected})
     return vgg
 
