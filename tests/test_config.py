@@ -122,7 +122,8 @@ def test_dry_run_prints_resolved_config():
     ("trainer.devices=[0,0]", "trainer.devices: [0, 0] names a device twice"),
     ("trainer.devices='1,1'", "trainer.devices: '1,1' names a device twice"),
     ("trainer.devices=[-1]", "trainer.devices: [-1] is out of range (expected device indices >= 0"),
-    ("model.generator.ngf=100000", "the networks do not fit in this machine's memory (model.generator.ngf=100000"),
+    ("model.generator.ngf=4096", "the networks do not fit in this machine's memory (model.generator.ngf=4096"),
+    ("model.generator.ngf=100000", "model.generator.ngf: 100000 is out of range (expected at most 4096)"),
     ("model.generator.n_downsample=1000000000", "model.generator.n_downsample: 1000000000 is out of range (expected "
      "1 to 12)"),
     ("data.size=1000000000", "data.size: 1000000000 is out of range (expected 16 to 4096)"),
@@ -207,3 +208,16 @@ def test_settings_that_together_train_nothing_or_less_than_they_seem(tiny, caplo
     with caplog.at_level("WARNING", logger="fundus2video"):
         check_training(tiny("loss.att=1", "model.generator.kba_stages=[]"))
     assert "loss.att=1.0 has no effect: model.generator.kba_stages is empty" in caplog.text
+
+
+def test_experiment_files_with_a_bad_base_or_interpolation_are_named(tmp_path, capsys):
+    for name, text, message in (("int.yaml", "base: 5\n", "int.yaml: base: 5 is not an experiment name"),
+                                ("list.yaml", "base: [a, b]\n",
+                                 "list.yaml: base: ['a', 'b'] is not an experiment name"),
+                                ("interp.yaml", "name: ${nope}\n", "interp.yaml: bad value for 'name': Interpolation "
+                                 "key 'nope' not found")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(tmp_path / name)
+    assert load_config(tmp_path / "interp.yaml", ["name=fine"]).name == "fine"  # an override replaces it
+    assert run_cli("train", "smoke", "--resume=").stderr.strip() == "fundus2video: error: --resume= needs a value"

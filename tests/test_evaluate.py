@@ -68,14 +68,23 @@ def test_evaluate_writes_every_output_with_both_protocols(trained):
     assert (out / "contact_sheet.png").stat().st_size > 0
 
 
-def test_missing_weights_skip_only_that_metric_loudly(trained, capsys):
+def test_missing_weights_skip_only_that_metric_loudly(trained, capsys, monkeypatch, tmp_path):
     root, ckpt = trained
+    # a file named that is not there is an error; auto with nothing cached (the I3Ds have no verifiable
+    # download) skips FVD, and says so
+    assert main(["evaluate", "--ckpt", str(ckpt), "--protocol", "paper", "--out", str(root / "eval_nope"),
+                 "--i3d", str(root / "nope.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fundus2video: error: --i3d {root / 'nope.pt'}: file not found (expected an I3D file " \
+        "(StyleGAN-V's i3d_torchscript.pt or pytorch-i3d's i3d_pretrained_400.pt), or auto)", err
+    assert not (root / "eval_nope").exists()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     code = main(["evaluate", "--ckpt", str(ckpt), "--protocol", "paper", "--out", str(root / "eval_paper"),
-                 "--i3d", str(root / "nope.pt")])
+                 "--i3d", "auto"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "paper_fvd" not in json.loads((root / "eval_paper" / "metrics.json").read_text())["metrics"]
-    assert "fvd" in printed and "SKIPPED: --i3d: file not found:" in printed and "nope.pt" in printed
+    assert "fvd" in printed and "SKIPPED:" in printed
     report = json.loads((root / "eval_paper" / "metrics.json").read_text())
     # the paper protocol's image metrics, and the lesion kinetics (the phantom carries its lesions)
     image = {k for k in report["metrics"] if not k.startswith(("curve_mae", "lesion_rise", "real_", "false_bright",

@@ -121,7 +121,8 @@ def test_missing_checkpoint_is_one_line_naming_it(tmp_path):
 @pytest.mark.parametrize("kwargs, expected", [
     ({"size": 36}, "--size 36: expected a multiple of 8 (this generator's) from 8 to 4096"),
     ({"size": 1048576}, "--size 1048576: expected a multiple of 8 (this generator's) from 8 to 4096"),
-    ({"frames": 0}, "--frames must be at least 1, got 0"),
+    ({"frames": 0}, "--frames 0: expected 1 to 1000"),
+    ({"frames": 1000000}, "--frames 1000000: expected 1 to 1000"),
     ({"format": "tflite"}, "format 'tflite' is not one of torchscript, onnx"),
 ])
 def test_bad_arguments(ckpt, tmp_path, kwargs, expected):

@@ -73,13 +73,13 @@ def test_bad_photos_fail_with_one_line(tmp_path, ckpt, kind, expected):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("content", ["junk", "foreign"])
+@pytest.mark.parametrize("content", ["junk", "foreign", "tensor", "list"])
 def test_a_file_that_is_not_a_checkpoint_fails_with_one_line(tmp_path, content):
     ckpt = tmp_path / "model.ckpt"
     if content == "junk":
         ckpt.write_bytes(b"not a checkpoint")
     else:  # a real torch file, but not a Lightning checkpoint of this module
-        torch.save({"weight": torch.zeros(2)}, ckpt)
+        torch.save({"foreign": {"weight": torch.zeros(2)}, "tensor": torch.zeros(2), "list": [1, 2]}[content], ckpt)
     photo = _photo(tmp_path / "eye.png")
     proc = _cli("--ckpt", ckpt, "--cf", photo, "--out", tmp_path / "x.mp4")
     assert proc.returncode == 2 and f"{ckpt}: not a fundus2video checkpoint" in proc.stderr, proc.stderr
@@ -200,9 +200,13 @@ def test_outputs_never_replace_an_input_or_each_other(tmp_path, ckpt, capsys):
         (["--cf", str(folder), "--out", str(tmp_path / "x.mp4")], "2 photos need a folder, not a file name"),
         (["--cf", str(photo), "--out", str(tmp_path / "x.gif")], "expected a .mp4 file name"),
         (["--cf", str(photo), "--out", str(tmp_path / "x.avi")], "expected a .mp4 file name"),
-        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--frames", "0"], "--frames must be at least 1"),
-        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "0"], "--fps must be at least 1"),
-        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "-3"], "--fps must be at least 1"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--frames", "0"], "--frames 0: expected 1 to 1000"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--frames", "100000000"], "--frames 100000000: "
+         "expected 1 to 1000"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "0"], "--fps 0: expected 1 to 240"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "-3"], "--fps -3: expected 1 to 240"),
+        (["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--fps", "100000000"], "--fps 100000000: expected"),
+        (["--cf", str(photo), "--out", ""], "--out: empty (expected video.mp4 for one photo, or a folder)"),
     ]
     if not torch.cuda.is_available():
         bad.append((["--cf", str(photo), "--out", str(tmp_path / "x.mp4"), "--device", "cuda"], "has no CUDA GPU"))
@@ -261,3 +265,10 @@ def test_a_device_the_machine_lacks_is_named_not_blamed_on_the_checkpoint(ckpt, 
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"fundus2video: error: {expected}"), lines
     with pytest.raises(UserError, match="device tpu: not a device"):
         load_module(ckpt, "tpu")
+
+
+def test_cpu_with_an_index_is_the_cpu(ckpt, tmp_path):
+    proc = _cli("--ckpt", ckpt, "--cf", _photo(tmp_path / "eye.png"), "--out", tmp_path / "v.mp4", "--device",
+                "cpu:0", "--frames", 2, "--runtime", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert read_video(tmp_path / "v.mp4").shape[0] == 2

@@ -327,6 +327,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 except MERGE_ERRORS as one:
                     raise _explain(one, "override", item) from None
             raise _explain(err, "override") from None
+    try:
+        OmegaConf.resolve(cfg)  # ${...} interpolations: a broken one is named here, not at first use
+    except OmegaConfBaseException as err:
+        raise _explain(err, str(path) if path is not None else "override") from None
     _check(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -360,6 +364,9 @@ def _experiment_chain(path: Path) -> list[Path]:
         base = _read_yaml(path).get("base")
         if not base:
             return chain
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: {base!r} is not an experiment name (expected a name or a path, "
+                              "e.g. base: fundus2video)")
         candidates = [path.parent / f"{base}.yaml", path.parent.parent / f"{base}.yaml", Path(base)]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
@@ -484,8 +491,11 @@ def _check_ranges(cfg: DictConfig, need) -> None:
          "range (expected a finite temperature > 0)")
     # sizes past these build networks or videos that no machine runs (a hang, not an error, otherwise)
     for key, high in (("data.n_frames", 1000), ("model.generator.n_blocks", 64), ("model.generator.n_blocks_local", 64),
+                      ("model.generator.ngf", 4096), ("model.discriminator.ndf", 4096), ("loss.nce_dim", 4096),
                       ("model.discriminator.n_layers", 8), ("model.discriminator.num_d", 8), ("data.num_workers", 256),
-                      ("logging.fps", 240)):
+                      ("logging.fps", 240), ("trainer.num_nodes", 1024), ("data.phantom.n_train", 100_000),
+                      ("data.phantom.n_val", 100_000), ("data.phantom.n_test", 100_000),
+                      ("loss.gv_patch", cfg.data.size)):
         value = OmegaConf.select(cfg, key)
         need(value <= high, f"{key}: {value} is out of range (expected at most {high})")
     # Lightning's seed_everything takes 32-bit seeds; numpy's generators (the phantom) no negative ones

@@ -585,7 +585,7 @@ def check_device(device: str | torch.device, flag: str = "device") -> torch.devi
             raise UserError(f"{flag} {device}: Apple's MPS is not available here; use {flag} cpu")
     elif dev.type != "cpu":
         raise UserError(f"{flag} {device}: not supported (expected {DEVICES})")
-    return dev
+    return torch.device("cpu") if dev.type == "cpu" else dev  # cpu:0 is the CPU (map_location knows only cpu)
 
 
 def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | LoadedGenerator:
@@ -593,7 +593,7 @@ def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | L
     folder (config.json + model.safetensors, `export --format hub`: a `LoadedGenerator`, inference
     only, with the same `cfg.data` / `device` / call as the module), an http(s) URL of either, or
     `hf://REPO_ID[@REV]`. A file that is not a checkpoint fails in one line naming it."""
-    check_device(device)
+    device = str(check_device(device))
     local = resolve(ckpt)  # URLs and hf:// downloaded into their caches; local paths as given
     if (folder := hub_folder(local)) is not None:
         return load_folder(folder, device)

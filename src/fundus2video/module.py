@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -357,6 +358,10 @@ def load_checkpoint_module(ckpt: Path, device: str = "cpu") -> Fundus2VideoModul
     if not ckpt.is_file():
         raise UserError(f"checkpoint not found: {ckpt}")
     try:
-        return Fundus2VideoModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as err:
+        with warnings.catch_warnings():  # a tensor file indexed by Lightning's migration warns before it fails
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+            return Fundus2VideoModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
+    # a foreign file fails inside Lightning in many ways (a tensor or a list where a dict belongs, ...)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, IndexError, TypeError, AttributeError,
+            ValueError) as err:
         raise UserError(f"{ckpt}: not a fundus2video checkpoint ({first_line(err)})") from None

@@ -151,8 +151,8 @@ class Scores:
                 reason = str(err)
             else:
                 return loader(str(found))
-        elif not Path(path).is_file():
-            reason = f"{flag}: file not found: {path} ({what})"
+        elif not Path(path).is_file():  # a file asked for by name: its absence is the user's to fix, not a skip
+            raise UserError(f"{flag} {path}: file not found (expected {what}, or auto)")
         else:
             return loader(path)
         log.warning("%s skipped: %s", name.upper(), reason)
@@ -320,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from fundus2video.hub import check_device
 
-    check_device(args.device, "--device")
+    args.device = str(check_device(args.device, "--device"))
     out = evaluate(args.ckpt, args.data, args.split, args.protocol, args.out, args.i3d, args.lpips, args.lpips_net,
                    args.device, args.bf16)
     report = json.loads((out / "metrics.json").read_text())

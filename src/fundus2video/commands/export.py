@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 FORMATS = ("torchscript", "onnx", "hub")  # hub: a folder for the Hugging Face Hub (fundus2video.hub)
 TOLERANCE = 1e-4  # largest |exported - eager| accepted on the check input
 MAX_SIZE = 4096  # sides beyond it do not fit a CPU's memory at export (the paper trains at 512)
+MAX_FRAMES = 1000  # as generate's: longer than any angiography protocol
 CHECK_BATCH = 2  # the check runs another batch size than the export's example (1): batch is dynamic
 ONNX_MISSING = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fundus2video[export]'"
 
@@ -162,8 +163,8 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
         return export_hub(ckpt, out, overwrite, push, private, license)
     if push is not None:
         raise UserError("--push needs --format hub")
-    if frames is not None and frames < 1:
-        raise UserError(f"--frames must be at least 1, got {frames}")
+    if frames is not None and not 1 <= frames <= MAX_FRAMES:  # the traced graph holds every window
+        raise UserError(f"--frames {frames}: expected 1 to {MAX_FRAMES}")
     if format == "onnx":
         _require_onnx()
     ckpt, out = Path(ckpt), Path(out)

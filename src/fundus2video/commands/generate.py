@@ -7,6 +7,9 @@ from pathlib import Path
 
 from fundus2video.errors import UserError
 
+# a video longer than any angiography protocol, and a frame rate beyond any player: refused before the rollout
+MAX_FRAMES, MAX_FPS = 1000, 240
+
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -16,12 +19,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from fundus2video.inference import generate_videos, output_targets, photos_in
     from fundus2video.onnx_runtime import resolve_runtime
 
-    if args.frames is not None and args.frames < 1:
-        raise UserError(f"--frames must be at least 1, got {args.frames}")
-    if args.fps < 1:
-        raise UserError(f"--fps must be at least 1 frame per second, got {args.fps}")
+    if args.frames is not None and not 1 <= args.frames <= MAX_FRAMES:
+        raise UserError(f"--frames {args.frames}: expected 1 to {MAX_FRAMES}")
+    if not 1 <= args.fps <= MAX_FPS:
+        raise UserError(f"--fps {args.fps}: expected 1 to {MAX_FPS} frames per second")
+    if not args.out:
+        raise UserError("--out: empty (expected video.mp4 for one photo, or a folder)")
     runtime = resolve_runtime(args.runtime, args.device, args.bf16)  # refused before anything loads
-    check_device(args.device, "--device")
+    args.device = str(check_device(args.device, "--device"))
     photos = photos_in(args.cf)
     formats = ("mp4", "gif") if args.gif else ("mp4",)
     targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side)

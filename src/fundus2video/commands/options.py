@@ -22,7 +22,10 @@ def take_option(rest: list[str], option: str) -> tuple[str | None, list[str]]:
                 raise ConfigError(f"{option} needs a value")
             return rest[i + 1], rest[:i] + rest[i + 2:]
         if arg.startswith(option + "="):
-            return arg.split("=", 1)[1], rest[:i] + rest[i + 1:]
+            value = arg.split("=", 1)[1]
+            if not value:
+                raise ConfigError(f"{option}= needs a value")
+            return value, rest[:i] + rest[i + 1:]
     return None, rest
 
 
