@@ -146,3 +146,13 @@ def test_export_never_writes_over_its_checkpoint(ckpt, tmp_path):
     proc = _cli("--ckpt", ckpt, "--out", link)
     assert proc.returncode == 2 and "writing it would replace the input" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and ckpt.read_bytes() == before
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite(ckpt, tmp_path):
+    out = tmp_path / "g.pt"
+    out.write_bytes(b"an earlier export")
+    with pytest.raises(UserError, match=re.escape(f"--out {out}: exists (--overwrite replaces it and its .json")):
+        export_generator(ckpt, out)
+    assert out.read_bytes() == b"an earlier export"
+    export_generator(ckpt, out, overwrite=True)
+    assert torch.jit.load(str(out)) is not None and out.with_name("g.pt.json").is_file()

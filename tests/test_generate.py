@@ -272,3 +272,15 @@ def test_cpu_with_an_index_is_the_cpu(ckpt, tmp_path):
                 "cpu:0", "--frames", 2, "--runtime", "torch")
     assert proc.returncode == 0, proc.stderr
     assert read_video(tmp_path / "v.mp4").shape[0] == 2
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_given(ckpt, tmp_path):
+    photo = _photo(tmp_path / "eye.png")
+    (tmp_path / "v.gif").write_bytes(b"an earlier gif")
+    args = ["--ckpt", ckpt, "--cf", photo, "--out", tmp_path / "v.mp4", "--gif", "--frames", 2, "--runtime", "torch"]
+    proc = _cli(*args)
+    assert proc.returncode == 2 and proc.stderr.strip() == (f"fundus2video: error: {tmp_path / 'v.gif'}: exists "
+                                                            "(--overwrite replaces it, or choose another --out)")
+    assert (tmp_path / "v.gif").read_bytes() == b"an earlier gif" and not (tmp_path / "v.mp4").exists()
+    assert _cli(*args, "--overwrite").returncode == 0
+    assert (tmp_path / "v.gif").read_bytes() != b"an earlier gif" and (tmp_path / "v.mp4").is_file()

@@ -200,9 +200,10 @@ def folder_targets(photos: Sequence[Path], folder: Path) -> list[Path]:
 
 
 def output_targets(photos: Sequence[Path], out: Path, formats: tuple[str, ...] = ("mp4",), strip: bool = False,
-                   side_by_side: bool = False) -> list[Path]:
+                   side_by_side: bool = False, overwrite: bool = True) -> list[Path]:
     """The video path of each photo for `--out`, after checking that nothing written (videos and
-    extras) would land on an input photo: one photo and `--out` a `.mp4`, or a folder."""
+    extras) would land on an input photo, nor, without `overwrite`, on a file that exists: one photo
+    and `--out` a `.mp4`, or a folder."""
     several = len(photos) > 1 or out.is_dir()
     if several:
         if out.suffix and not out.is_dir():
@@ -222,6 +223,8 @@ def output_targets(photos: Sequence[Path], out: Path, formats: tuple[str, ...] =
             if path.resolve() in inputs:
                 raise UserError(f"{path}: would overwrite the input photo {inputs[path.resolve()]}; "
                                 "choose another --out")
+            if not overwrite and path.exists():
+                raise UserError(f"{path}: exists (--overwrite replaces it, or choose another --out)")
     return targets
 
 

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gif", action="store_true", help="also write a gif")
     gen.add_argument("--strip", action="store_true", help="also write a PNG strip: CF and every frame")
     gen.add_argument("--side-by-side", action="store_true", help="also write CF | generated as <stem>_sbs.mp4")
+    gen.add_argument("--overwrite", action="store_true", help="replace outputs that exist (without it they stop "
+                     "the command before anything is generated)")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
     gen.add_argument("--no-fundus-check", action="store_true",
                      help="accept photos that are not orange-red (pseudo-colour cameras such as Optos)")

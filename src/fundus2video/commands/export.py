@@ -173,6 +173,8 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
     from fundus2video.io import refuse_input_as_output
 
     refuse_input_as_output("--out", [out, f"{out}.json"], [ckpt])
+    if not overwrite and (out.exists() or Path(f"{out}.json").exists()):
+        raise UserError(f"--out {out}: exists (--overwrite replaces it and its .json, or choose another --out)")
     import torch
 
     from fundus2video.hub import load_module
@@ -229,7 +231,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--frames", type=int, default=None,
                    help="export the whole rollout of T frames: CF -> video (default: one window)")
     p.add_argument("--size", type=int, default=None, help="image side H = W (default: the checkpoint's data.size)")
-    p.add_argument("--overwrite", action="store_true", help="hub: replace the files of an existing non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (hub: the files of a non-empty "
+                   "folder)")
     p.add_argument("--push", metavar="REPO_ID", default=None,
                    help="hub: also upload the folder to this Hugging Face model repository (needs fundus2video[hub])")
     p.add_argument("--private", action="store_true", help="hub: create the --push repository as private")

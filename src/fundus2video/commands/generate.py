@@ -29,7 +29,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     args.device = str(check_device(args.device, "--device"))
     photos = photos_in(args.cf)
     formats = ("mp4", "gif") if args.gif else ("mp4",)
-    targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side)
+    targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side, args.overwrite)
     local = hub.resolve(args.ckpt)  # URLs and hf:// downloaded once, into their caches
     module = load_module(local, args.device)
     # the ONNX graph is cached beside the checkpoint (a URL's download included); a snapshot of the Hub's own
