@@ -110,6 +110,7 @@ def test_dry_run_prints_resolved_config():
     ("seed=-1", "seed: -1 is out of range (expected 0 <= value <= 4294967295)"),
     ("seed=99999999999", "seed: 99999999999 is out of range"),
     ("data.phantom.seed=-2", "data.phantom.seed: -2 is out of range"),
+    ("data.split.seed=-1", "data.split.seed: -1 is out of range"),
     ("data.augment.gamma=5", "data.augment.gamma: 5.0 is out of range (expected 0.0 <= value < 1.0)"),
     ("data.augment.scale=2", "data.augment.scale: 2.0 is out of range (expected 0.0 <= value < 1.0)"),
     ("data.augment.hue=3", "data.augment.hue: 3.0 is out of range (expected 0.0 <= value <= 0.5)"),

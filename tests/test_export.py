@@ -124,10 +124,14 @@ def test_missing_checkpoint_is_one_line_naming_it(tmp_path):
     ({"frames": 0}, "--frames 0: expected 1 to 1000"),
     ({"frames": 1000000}, "--frames 1000000: expected 1 to 1000"),
     ({"format": "tflite"}, "format 'tflite' is not one of torchscript, onnx"),
+    ({"private": True}, "--private needs --format hub"),
+    ({"format": "onnx"}, "--out {tmp}/g.pt: --format onnx writes a .onnx file"),
+    ({"out": "g.onnx"}, "--format torchscript writes a TorchScript file (.pt); for .onnx give --format onnx"),
 ])
 def test_bad_arguments(ckpt, tmp_path, kwargs, expected):
-    with pytest.raises(UserError, match=re.escape(expected)):
-        export_generator(ckpt, tmp_path / "g.pt", **kwargs)
+    out = tmp_path / kwargs.pop("out", "g.pt")
+    with pytest.raises(UserError, match=re.escape(expected.format(tmp=tmp_path))):
+        export_generator(ckpt, out, **kwargs)
     assert not list(tmp_path.iterdir())
 
 

@@ -184,3 +184,22 @@ def test_report_only_without_finished_units_is_one_line(tmp_path, capsys):
     for variant in ("fundus2video", "pix2pixhd"):
         shutil.copytree(f"results/phantom_study/{variant}", copy / variant)
     assert main(["study", "phantom", "--report-only", "--results", str(copy)]) == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("variants: [fundus2video, fundus2video]\n", "variants: ['fundus2video', 'fundus2video'] names a variant twice"),
+    ("variants: [fundus2video]\nseeds: [0, 0]\n", "seeds: [0, 0] names a seed twice"),
+    ("variants: [fundus2video]\nseeds: []\n", "seeds: expected non-negative integers, found []"),
+    ("variants: [fundus2video]\nbudget: [1, 2]\n", "budget: expected a dict, found [1, 2]"),
+    ("variants: [fundus2video]\nreference: nosuch\n", "reference: 'nosuch' is not one of the variants"),
+])
+def test_a_spec_that_cannot_mean_what_it_says_is_named(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(Exception, match=re.escape(message)):
+        load_study(str(tmp_path / "bad.yaml"))
+
+
+def test_empty_variants_or_seeds_on_the_command_line_are_refused(tmp_path, capsys):
+    for flag in ("--variants", "--seeds"):
+        assert main(["study", "phantom", flag, ",,", "--dry-run", "--results", str(tmp_path / "r")]) == 2
+        assert f"{flag}: expected" in capsys.readouterr().err

@@ -501,6 +501,7 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     # Lightning's seed_everything takes 32-bit seeds; numpy's generators (the phantom) no negative ones
     within("seed", 0, 2**32 - 1)
     within("data.phantom.seed", 0, 2**32 - 1)
+    within("data.split.seed", 0, 2**32 - 1)
     render = cfg.data.phantom.render_size
     need(render == 0 or 32 <= render <= 4096, f"data.phantom.render_size: {render} is out of range (expected 0, "
          "which draws at data.size, or 32 to 4096)")

@@ -134,6 +134,8 @@ def export_hub(ckpt: str | Path, out: str | Path, overwrite: bool = False, push:
     if push is not None:
         hub._hf()  # a missing extra is answered before any work
         hub._repo_id(push)
+    elif private:
+        raise UserError("--private applies to the repository --push creates; give --push REPO_ID, or leave --private")
     local = hub.resolve(ckpt)
     module = load_module(local)
     run_dir = local.parent.parent if local.is_file() and local.parent.name == "checkpoints" else None
@@ -161,8 +163,12 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
         if size is not None or frames is not None:
             raise UserError("--size and --frames do not apply to --format hub (the folder runs any size and T)")
         return export_hub(ckpt, out, overwrite, push, private, license)
-    if push is not None:
-        raise UserError("--push needs --format hub")
+    if push is not None or private:
+        raise UserError(f"{'--push' if push is not None else '--private'} needs --format hub")
+    suffix = Path(out).suffix.lower()
+    if (format == "onnx") != (suffix == ".onnx"):  # the file's name says what reads it
+        raise UserError(f"--out {out}: --format {format} writes " + ("a .onnx file" if format == "onnx" else
+                        "a TorchScript file (.pt); for .onnx give --format onnx"))
     if frames is not None and not 1 <= frames <= MAX_FRAMES:  # the traced graph holds every window
         raise UserError(f"--frames {frames}: expected 1 to {MAX_FRAMES}")
     if format == "onnx":

@@ -105,14 +105,26 @@ def load_study(name: str, variants: list[str] | None = None, seeds: list[int] | 
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (expected variants, seeds, budget, reference, "
                           "baseline)")
-    spec = StudySpec(name=path.stem, variants=list(variants or raw.get("variants") or []),
-                     seeds=list(seeds if seeds is not None else raw.get("seeds") or [0]),
+    for key, kind in (("variants", list), ("seeds", list), ("budget", dict), ("reference", str), ("baseline", str)):
+        if key in raw and not isinstance(raw[key], kind):
+            raise ConfigError(f"{path}: {key}: expected a {kind.__name__}, found {raw[key]!r}")
+    spec = StudySpec(name=path.stem, variants=list(variants if variants is not None else raw.get("variants") or []),
+                     seeds=list(seeds if seeds is not None else raw.get("seeds", [0])),
                      budget=raw.get("budget") or {}, reference=raw.get("reference", "fundus2video"),
                      baseline=raw.get("baseline", "pix2pixhd"), overrides=list(overrides or []))
-    if not spec.variants:
-        raise ConfigError(f"{path}: no variants")
-    if not all(isinstance(s, int) and s >= 0 for s in spec.seeds):
-        raise ConfigError(f"seeds: expected non-negative integers, found {spec.seeds}")
+    where = "--variants" if variants is not None else f"{path}: variants"
+    if not spec.variants or not all(isinstance(v, str) and v for v in spec.variants):
+        raise ConfigError(f"{where}: expected experiment names, found {spec.variants}")
+    if len(set(spec.variants)) != len(spec.variants):
+        raise ConfigError(f"{where}: {spec.variants} names a variant twice")
+    where = "--seeds" if seeds is not None else f"{path}: seeds"
+    if not spec.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec.seeds):
+        raise ConfigError(f"{where}: expected non-negative integers, found {spec.seeds}")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"{where}: {spec.seeds} names a seed twice (a unit per variant and seed)")
+    for key in ("reference", "baseline"):  # the report's paired differences compare them
+        if key in raw and raw[key] not in (raw.get("variants") or []):
+            raise ConfigError(f"{path}: {key}: '{raw[key]}' is not one of the variants {raw.get('variants')}")
     for variant in spec.variants:
         unit_config(spec, variant, spec.seeds[0], Path("runs/study-check"))  # every variant resolves
     return spec
@@ -406,9 +418,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"study: '{bad[0]}' is neither an option nor a key=value override "
                           f"(options: {', '.join(STUDY_OPTIONS)}, --report-only, --dry-run)")
-    variants = [v for v in str(args.variants).split(",") if v] if args.variants else None
+    variants = [v for v in str(args.variants).split(",") if v] if args.variants is not None else None
     try:
-        seeds = [int(s) for s in str(args.seeds).split(",") if s] if args.seeds else None
+        seeds = [int(s) for s in str(args.seeds).split(",") if s] if args.seeds is not None else None
         jobs = int(args.jobs)
     except ValueError:
         raise ConfigError(f"--seeds / --jobs: expected integers (e.g. --seeds 0,1,2 --jobs 2), found "
