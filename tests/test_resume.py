@@ -81,6 +81,26 @@ def test_sigterm_mid_epoch_saves_and_resume_matches_straight_run(runs, monkeypat
     _assert_same_training(_state(straight), _state(resumed))
 
 
+class _SignalInValidation(L.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.current_epoch == 0 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_stops_with_the_epochs_checkpoint(runs, capsys):
+    """Lightning stops outside a training video on its own; the run still says where to resume (the
+    epoch's checkpoint, written before it stops), and resuming from it gives the straight run."""
+    cfg, straight = runs
+    with pytest.raises(Interrupted, match="stopped by SIGTERM; checkpoint saved") as stop:
+        train(cfg("name=valterm", "trainer.max_epochs=2", "trainer.limit_val_batches=1"),
+              extra_callbacks=[_SignalInValidation()])
+    saved = torch.load(stop.value.checkpoint, weights_only=True)
+    assert saved["fundus2video"]["video_step"] == 3  # the first epoch, all of its 3 videos
+    resumed = train(cfg("name=valterm", "trainer.max_epochs=2"), resume=stop.value.checkpoint)
+    _assert_same_training(_state(straight), _state(resumed))
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_like_sigterm_and_resumes_exactly(runs):
     cfg, straight = runs

@@ -449,8 +449,9 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 class Interrupted(Exception):
     """Training stopped on SIGTERM or Ctrl-C (SIGINT) after saving `checkpoint`."""
 
-    def __init__(self, run_dir: Path, checkpoint: Path, signal_name: str = "SIGTERM"):
-        super().__init__(f"stopped by {signal_name}; checkpoint saved: {checkpoint}")
+    def __init__(self, run_dir: Path, checkpoint: Path | None, signal_name: str = "SIGTERM"):
+        super().__init__(f"stopped by {signal_name}; " + (f"checkpoint saved: {checkpoint}" if checkpoint else
+                                                          "no checkpoint was written yet"))
         self.run_dir, self.checkpoint, self.signal = run_dir, checkpoint, signal_name
 
 
@@ -533,7 +534,14 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
                         ckpt_path=str(resume) if resume else None, weights_only=True)
     except SystemExit:  # Lightning's SIGTERMException, raised after our checkpoint was written
         if not resumable.stopped_by_sigterm:
-            raise
+            if not trainer.received_sigterm:
+                raise
+            # SIGTERM outside a training video (validation, an epoch's end): Lightning stops before our
+            # callback saves; the newest checkpoint is the last epoch's, an exact point to resume from
+            last = resumable.path if resumable.path.is_file() else None
+            log.warning("SIGTERM outside a training video: %s", f"resume from {last} (the last finished epoch)"
+                        if last else "no checkpoint yet (the first epoch had not finished)")
+            raise Interrupted(run_dir, last, "SIGTERM") from None
     finally:
         if handed:  # the next run in this process (a sweep, a study) makes its own
             os.environ.pop(RUN_DIR_ENV, None)
@@ -565,7 +573,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         run_dir = train(cfg, resume, init_from=args.init_from)
     except Interrupted as stop:
-        print(f"\n{stop}\nresume with: fundus2video train {args.experiment} --resume {stop.checkpoint}")
+        again = f"--resume {stop.checkpoint}" if stop.checkpoint else "(from the start: nothing was saved)"
+        print(f"\n{stop}\nresume with: fundus2video train {args.experiment} {again}")
         return 130 if stop.signal == "SIGINT" else 143  # 128 + the signal: the status a killed job would have
     print(f"\nrun directory: {run_dir}\n  {written(run_dir)}")
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
