@@ -242,6 +242,8 @@ def folder_records(root: str | Path) -> list[CaseRecord]:
     """One record per sub-folder of `root` (the folders layout). File problems surface when
     a case is loaded (see `check.py`), so one bad case never hides the others."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise CaseError(f"{root}: a file, not a folder of case folders (a manifest is a .csv file)")
     if not root.is_dir():
         raise CaseError(f"data folder not found: {root}")
     meta = _read_cases_csv(root)

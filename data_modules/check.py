@@ -61,6 +61,11 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
     if black:
         report.problem = f"all-black frame(s): {', '.join(black[:4])}{' ...' if len(black) > 4 else ''}"
         return report
+    # an angiogram has a dark border outside the field of view: a frame without one dark pixel is blank
+    white = [name for name, f in zip(raw.frame_names, raw.frames, strict=True) if f.min() >= 255 - FRAME_MIN]
+    if white:
+        report.problem = f"all-white frame(s): {', '.join(white[:4])}{' ...' if len(white) > 4 else ''}"
+        return report
     try:
         crop = crop_to_roi(raw.cf, raw.frames)
     except ValueError:

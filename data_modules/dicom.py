@@ -758,8 +758,16 @@ def _check_options(src: Path, out: Path, anonymize: bool, key: str | None, mappi
                                f"patients, keep it apart from the anonymized data")
         if mapping.exists() and not overwrite and not dry_run:
             raise DicomImportError(f"import-dicom: --mapping {mapping} exists (add --overwrite to replace it)")
+        blocking = next((p for p in mapping.parents if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():  # written last: found out before the import, not after
+            raise DicomImportError(f"import-dicom: --mapping {mapping}: {blocking} is a file, not a folder")
     if _same(src, out) or _is_inside(src, out):
         raise DicomImportError(f"import-dicom: --out {out} holds the source {src}; choose another output folder")
+    if src.is_dir() and _is_inside(out, src):  # a later import would walk its own output
+        raise DicomImportError(f"import-dicom: --out {out} is inside the source {src}; choose a folder outside it")
+    blocking = next((p for p in out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DicomImportError(f"import-dicom: --out {out}: {blocking} is a file, not a folder")
     if out.exists() and not out.is_dir():
         raise DicomImportError(f"import-dicom: --out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):

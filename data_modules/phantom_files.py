@@ -68,7 +68,7 @@ def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int 
         for entry in old:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     rows = []
-    for i in tqdm(range(start, start + n_cases), desc=f"writing phantom ({video})", unit="case",
+    for i in tqdm(range(start, start + n_cases), desc=f"writing phantom ({video})", unit="case", delay=0.5,
                   disable=not progress, leave=False):
         case = make_case(i, size=size, n_frames=n_frames, seed=seed)
         case_dir = out / case.case_id

@@ -143,6 +143,9 @@ def test_every_bad_case_kind_is_reported_with_its_reason(tmp_path):
     video = mp4 / "phantom0008" / "ffa.mp4"
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # truncated video
     shutil.move(str(mp4 / "phantom0008"), root / "phantom0008")
+    white = write_phantom(tmp_path / "white", 1, size=48, n_frames=6, video="png", progress=False, start=9)
+    cv2.imwrite(str(white / "phantom0009" / "ffa" / "004.png"), np.full((48, 48), 255, np.uint8))  # blank white
+    shutil.move(str(white / "phantom0009"), root / "phantom0009")
     reports = {r.case_id: r for r in _check(folder_records(root))}
     expected = {
         "phantom0000": "missing file",
@@ -152,12 +155,13 @@ def test_every_bad_case_kind_is_reported_with_its_reason(tmp_path):
         "phantom0004": "empty field of view",
         "phantom0005": "all-black frame(s): 003.png",
         "phantom0008": "video",
+        "phantom0009": "all-white frame(s): 004.png",
     }
     for case, reason in expected.items():
         assert reason in reports[case].problem, (case, reports[case].problem)
     assert reports["phantom0006"].ok and reports["phantom0007"].ok
     table = format_table(list(reports.values()))
-    assert "9 cases, 2 ok, 7 bad" in table and "BAD phantom0003" in table
+    assert "10 cases, 2 ok, 8 bad" in table and "BAD phantom0003" in table
 
 
 def test_duplicate_case_ids_in_a_manifest(tmp_path):
@@ -415,3 +419,19 @@ def test_lesion_guidance_without_lesion_masks_and_a_split_without_validation_are
     with caplog.at_level("WARNING", logger="fundus2video"):
         dm.setup()
     assert "no validation cases after the split {'train': 6, 'val': 0, 'test': 0} (data.split.file" in caplog.text
+
+
+def test_a_file_given_as_the_data_folder_is_named_as_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    proc = run_cli("data", "check", tmp_path / "notes.txt")
+    assert proc.returncode == 2 and proc.stderr.strip() == (f"fundus2video: error: {tmp_path / 'notes.txt'}: a file, "
+                                                            "not a folder of case folders (a manifest is a .csv file)")
+
+
+def test_an_output_under_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    proc = run_cli("data", "phantom", "--out", tmp_path / "notes.txt" / "ph", "--cases", 2, "--size", 32,
+                   "--frames", 3)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"fundus2video: error: {tmp_path / 'notes.txt'} is a file, not a folder (needed for"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

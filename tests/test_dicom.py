@@ -310,12 +310,21 @@ def test_usage_errors_exit_2_in_one_line(clean, tmp_path, capsys):
         assert err.startswith("fundus2video: error: import-dicom:") and err.count("\n") == 1, err
     assert cli.main(["data", "import-dicom", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cases")]) == 2
     assert "source not found" in capsys.readouterr().err
+    # an output inside the source (the next import would read it), a path under a file
+    for extra, message in ((["--out", str(clean[0] / "cases")], "is inside the source"),
+                           (["--out", str(tmp_path / "cases"), "--anonymize", "--key", "k", "--mapping",
+                             str(Path(src) / "alpha" / "cf_os.dcm" / "m.csv")], "cf_os.dcm is a file, not a folder")):
+        assert cli.main(["data", "import-dicom", src, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "cases").exists() and not (clean[0] / "cases").exists()
     # a source with no DICOM eye at all is not what the command takes: the report, then status 2
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "x.txt").write_text("hello")
     assert cli.main(["data", "import-dicom", str(tmp_path / "notes"), "--out", str(tmp_path / "cases")]) == 2
-    printed = capsys.readouterr().out
-    assert "no eye found" in printed and "SKIPPED x.txt: not DICOM" in printed
+    captured = capsys.readouterr()
+    assert "no eye found" in captured.out and "SKIPPED x.txt: not DICOM" in captured.out
+    assert captured.err.startswith("fundus2video: error: import-dicom: no eye found under") and \
+        captured.err.count("\n") == 1
     assert not (tmp_path / "cases").exists()
     assert not (tmp_path / "cases").exists()
 

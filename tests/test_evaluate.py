@@ -125,3 +125,18 @@ def test_training_split_is_scored_deterministically(tiny, tmp_path):
         assert torch.equal(sample["cf"], plain["cf"]) and torch.equal(sample["frames"], plain["frames"])
     out = evaluate(ckpt, split="train", protocol="standard", out=tmp_path / "a")
     assert (out / "contact_sheet.png").stat().st_size > 0
+
+
+def test_the_output_folder_is_checked_first_and_sits_beside_a_loose_checkpoint(trained, tmp_path, capsys):
+    root, ckpt = trained
+    (tmp_path / "taken").write_text("a file")
+    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "taken" / "ev")]) == 2
+    assert capsys.readouterr().err.strip() == (f"fundus2video: error: --out {tmp_path / 'taken' / 'ev'}: a file is in "
+                                               "the way (expected a folder, new or to be added to)")
+    loose = tmp_path / "kept" / "model.ckpt"  # a checkpoint copied out of its run folder
+    loose.parent.mkdir()
+    loose.write_bytes(ckpt.read_bytes())
+    assert main(["evaluate", "--ckpt", str(loose), "--protocol", "standard", "--lpips", str(root / "alexnet.pth"),
+                 "--lpips-net", "alex"]) == 0
+    assert (tmp_path / "kept" / "model-eval" / "test-own" / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "taken"]  # nothing two levels up

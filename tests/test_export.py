@@ -125,11 +125,12 @@ def test_missing_checkpoint_is_one_line_naming_it(tmp_path):
     ({"frames": 1000000}, "--frames 1000000: expected 1 to 1000"),
     ({"format": "tflite"}, "format 'tflite' is not one of torchscript, onnx"),
     ({"private": True}, "--private needs --format hub"),
+    ({"out": ""}, "--out: empty (expected a .pt file, or .onnx with --format onnx)"),
     ({"format": "onnx"}, "--out {tmp}/g.pt: --format onnx writes a .onnx file"),
-    ({"out": "g.onnx"}, "--format torchscript writes a TorchScript file (.pt); for .onnx give --format onnx"),
+    ({"out": "{tmp}/g.onnx"}, "--format torchscript writes a TorchScript file (.pt); for .onnx give --format onnx"),
 ])
 def test_bad_arguments(ckpt, tmp_path, kwargs, expected):
-    out = tmp_path / kwargs.pop("out", "g.pt")
+    out = kwargs.pop("out", "{tmp}/g.pt").format(tmp=tmp_path)
     with pytest.raises(UserError, match=re.escape(expected.format(tmp=tmp_path))):
         export_generator(ckpt, out, **kwargs)
     assert not list(tmp_path.iterdir())

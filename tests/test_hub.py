@@ -162,6 +162,8 @@ def _tamper(folder, tmp_path, how: str):
         config["format_version"] = hub.FORMAT_VERSION + 1
     elif how == "netg":
         config["generator"] = {"netg": "os.system", "args": {}}
+    elif how == "huge":  # built, even on the meta device, this would not finish
+        config["generator"]["args"]["n_blocks"] = 10**9
     (bad / "config.json").write_text(json.dumps(config))
     if how in ("missing", "extra"):
         state = load_file(bad / "model.safetensors")
@@ -195,6 +197,7 @@ def test_a_tampered_folder_fails_in_one_line(folder, photo, tmp_path, capsys):
     ("garbage", "model.safetensors: not a readable safetensors file"),
     ("version", "is newer than this fundus2video reads"),
     ("netg", "'generator' must give netg (one of global, local)"),
+    ("huge", "generator args: bad n_blocks 1000000000 (at most 64)"),
 ])
 def test_other_bad_folders_fail_with_a_user_error(folder, tmp_path, how, expected):
     with pytest.raises(UserError, match=None) as err:

@@ -490,7 +490,8 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     need(0 < cfg.loss.nce_temperature < math.inf, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of "
          "range (expected a finite temperature > 0)")
     # sizes past these build networks or videos that no machine runs (a hang, not an error, otherwise)
-    for key, high in (("data.n_frames", 1000), ("model.generator.n_blocks", 64), ("model.generator.n_blocks_local", 64),
+    for key, high in (("data.n_frames", 1000), ("model.window", 64), ("model.generator.n_blocks", 64),
+                      ("model.generator.n_blocks_local", 64),
                       ("model.generator.ngf", 4096), ("model.discriminator.ndf", 4096), ("loss.nce_dim", 4096),
                       ("model.discriminator.n_layers", 8), ("model.discriminator.num_d", 8), ("data.num_workers", 256),
                       ("logging.fps", 240), ("trainer.num_nodes", 1024), ("data.phantom.n_train", 100_000),

@@ -159,6 +159,11 @@ def _fail(where: str | Path, why: str) -> UserError:
     return UserError(f"{where}: {why}")
 
 
+# the experiment configuration's ceilings (config.py): a folder past them is not one fundus2video wrote
+LIMITS = {"window": 64, "size": 4096, "n_frames": 1000, "size_multiple": 8192, "ngf": 4096, "n_downsample": 12,
+          "n_blocks": 64, "n_blocks_local": 64, "input_nc": 67, "output_nc": 64}
+
+
 def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict]:
     """The generator class and its constructor arguments, after checking every field they come from."""
     if not isinstance(config, dict):
@@ -172,6 +177,8 @@ def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict
     for key in ("window", "size", "n_frames", "size_multiple"):
         if not isinstance(config.get(key), int) or isinstance(config.get(key), bool) or config[key] < 1:
             raise _fail(where, f"'{key}' must be a positive integer, got {config.get(key)!r}")
+        if config[key] > LIMITS[key]:
+            raise _fail(where, f"'{key}' {config[key]} is out of range (at most {LIMITS[key]})")
     g = config.get("generator")
     if not isinstance(g, dict) or g.get("netg") not in GENERATORS or not isinstance(g.get("args"), dict):
         raise _fail(where, f"'generator' must give netg (one of {', '.join(GENERATORS)}) and args")
@@ -188,8 +195,9 @@ def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict
         ok = (isinstance(value, list) and all(isinstance(s, str) for s in value) if name == "kba_stages"
               else isinstance(value, str) if name == "padding"
               else isinstance(value, int) and not isinstance(value, bool) and value >= (0 if "blocks" in name else 1))
-        if not ok:
-            raise _fail(where, f"generator args: bad {name} {value!r}")
+        if not ok or (name in LIMITS and value > LIMITS[name]):  # the ceilings keep a bad file from a hang
+            raise _fail(where, f"generator args: bad {name} {value!r}" + (
+                f" (at most {LIMITS[name]})" if ok else ""))
     window = config["window"]
     if args["input_nc"] != 3 + window or args["output_nc"] != window:
         raise _fail(where, f"generator args: input_nc {args['input_nc']} / output_nc {args['output_nc']} do not "

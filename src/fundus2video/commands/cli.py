@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", default="both", choices=("standard", "paper", "both"),
                     help="standard: [0, 1], set-level FVD; paper: the release's formulas (comparable with "
                     "the published numbers)")
-    ev.add_argument("--out", help="output folder (default: <run dir>/eval/<split>-<data>)")
+    ev.add_argument("--out", help="output folder (default: <run dir>/eval/<split>-<data>; for a checkpoint outside "
+                    "a run folder, <name>-eval/<split>-<data> beside it)")
     ev.add_argument("--i3d", default="auto", help="I3D weights for FVD: i3d_torchscript.pt or i3d_pretrained_400.pt, "
                     "i3d, i3d_400 or auto (default: whichever is cached; FVD is skipped when none is)")
     ev.add_argument("--lpips", default="auto", help="LPIPS backbone: torchvision's vgg16-397923af.pth (or alexnet, "
@@ -191,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         if err.errno not in known and not err.filename:
             raise
         what = known.get(err.errno) or (err.strerror or type(err).__name__).lower()
+        if err.errno in (errno.EEXIST, errno.ENOTDIR) and err.filename:  # a folder asked for where a file is
+            from pathlib import Path
+
+            blocking = next((p for p in (Path(err.filename), *Path(err.filename).parents) if p.is_file()), None)
+            if blocking is not None:
+                print(f"fundus2video: error: {blocking} is a file, not a folder (needed for {err.filename})",
+                      file=sys.stderr)
+                return 2
         print(f"fundus2video: error: {what}: {err.filename or '?'}", file=sys.stderr)
         return 2
     except Exception as err:

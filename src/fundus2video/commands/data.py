@@ -40,4 +40,7 @@ def cmd_data_import_dicom(args: argparse.Namespace) -> int:
     report = import_dicom(args.src, args.out, anonymize=args.anonymize, key=args.key, mapping=args.mapping,
                           dry_run=args.dry_run, overwrite=args.overwrite, progress=sys.stderr.isatty())
     print(report.format())
+    if report.exit_code == 2:  # the report above says what was read and skipped; stderr says why nothing came
+        print(f"fundus2video: error: import-dicom: no eye found under {args.src} (no Ophthalmic Photography image "
+              "with PatientID and laterality; the report above lists each file)", file=sys.stderr)
     return report.exit_code

@@ -391,6 +391,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"checkpoint not found: {args.ckpt} (make train writes "
                         "runs/fundus2video_cpu/latest/checkpoints/last.ckpt)")
     _gradio()
+    if args.port == 0:  # any free port: chosen here, since gradio's own search starts from 7860
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind((args.host, 0))
+            args.port = probe.getsockname()[1]
     if args.device is not None:
         from fundus2video.hub import check_device
 

@@ -280,11 +280,15 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: '{protocol}' is not one of {', '.join(PROTOCOLS)}")
     ckpt = Path(ckpt)
+    # <run dir>/eval/... for a run's checkpoint, <name>-eval/... beside one kept elsewhere; checked first
+    home = ckpt.parent.parent / "eval" if ckpt.parent.name == "checkpoints" else ckpt.parent / f"{ckpt.stem}-eval"
+    out = Path(out) if out else home / f"{split}-{Path(data).stem if data else 'own'}"
+    if (out.exists() and not out.is_dir()) or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise UserError(f"--out {out}: a file is in the way (expected a folder, new or to be added to)")
     module = load_module(ckpt, device)
     samples = evaluation_data(module, ckpt, data, split)
     size = module.cfg.data.size
     scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold, device)
-    out = Path(out) if out else ckpt.parent.parent / "eval" / f"{split}-{Path(data).stem if data else 'own'}"
     case_rows, sheet = score_samples(module, samples, scores, device, bf16, sheet_cases, desc=f"evaluating {split}")
     results = scores.results()
     report = {

@@ -165,6 +165,8 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
         return export_hub(ckpt, out, overwrite, push, private, license)
     if push is not None or private:
         raise UserError(f"{'--push' if push is not None else '--private'} needs --format hub")
+    if not str(out):
+        raise UserError("--out: empty (expected a .pt file, or .onnx with --format onnx)")
     suffix = Path(out).suffix.lower()
     if (format == "onnx") != (suffix == ".onnx"):  # the file's name says what reads it
         raise UserError(f"--out {out}: --format {format} writes " + ("a .onnx file" if format == "onnx" else

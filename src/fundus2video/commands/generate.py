@@ -37,6 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     results = generate_videos(module, photos, targets, args.frames, formats, args.fps, args.strip, args.side_by_side,
                               batch=args.batch, bf16=args.bf16, colour_check=not args.no_fundus_check,
                               runtime=runtime, checkpoint=None if str(args.ckpt).startswith("hf://") else local)
-    for result in tqdm(results, desc="generating", unit="photo", total=len(photos), disable=len(photos) == 1):
+    for result in tqdm(results, desc="generating", unit="photo", total=len(photos), disable=len(photos) == 1,
+                       delay=0.5):  # no bar when the first photo fails at once
         print(" ".join(str(p) for p in result.paths))
     return 0
