@@ -92,3 +92,13 @@ def test_validation_rollout_logs_psnr_ssim_and_baseline(tiny):
     logged = trainer.callback_metrics
     for key in ("val/psnr", "val/ssim", "val/psnr_cf_green", "val/ssim_cf_green"):
         assert key in logged and torch.isfinite(logged[key])
+
+
+def test_a_diverged_training_stops_in_one_line(tmp_path, capsys):
+    from tests.conftest import TINY
+
+    assert main(["train", "smoke", *TINY, "optim.lr=1e30", "trainer.max_epochs=2", f"logging.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fundus2video: error: training diverged: after 1 training videos the losses are "
+                          "g_total = nan"), err
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing saved with NaN weights

@@ -305,6 +305,13 @@ class Fundus2VideoModule(L.LightningModule):
                 sums[name] = sums.get(name, 0.0) + value
         self.video_step += 1
         logs = {f"train/{name}": value / num_windows(n_frames) for name, value in sums.items()}
+        # one host sync per video (not per window): weights gone NaN would train, and be saved, as if nothing
+        # had happened. Under 16-mixed an infinite window loss is the GradScaler's to skip, not divergence.
+        totals = torch.stack([logs["train/g_total"], logs["train/d_total"]])
+        if self.cfg.trainer.precision != "16-mixed" and not bool(torch.isfinite(totals).all()):
+            raise UserError(f"training diverged: after {self.video_step} training videos the losses are g_total = "
+                            f"{float(totals[0]):.4g}, d_total = {float(totals[1]):.4g} (optim.lr={self.cfg.optim.lr}); "
+                            "checkpoints written before it are kept; lower optim.lr or a loss weight")
         logs.update({"train/lr": self.optimizers()[0].param_groups[0]["lr"], "train/real_share": p_real,
                      "train/g_step": float(self.g_step)})
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=cf.shape[0])
