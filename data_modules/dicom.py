@@ -40,7 +40,7 @@ import pydicom
 from tqdm import tqdm
 
 from fundus2video.errors import UserError
-from fundus2video.io import atomic_path
+from fundus2video.io import atomic_path, file_in_the_way
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
 OP_16BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.2"  # Ophthalmic Photography 16 Bit Image Storage
@@ -758,15 +758,15 @@ def _check_options(src: Path, out: Path, anonymize: bool, key: str | None, mappi
                                f"patients, keep it apart from the anonymized data")
         if mapping.exists() and not overwrite and not dry_run:
             raise DicomImportError(f"import-dicom: --mapping {mapping} exists (add --overwrite to replace it)")
-        blocking = next((p for p in mapping.parents if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():  # written last: found out before the import, not after
+        blocking = file_in_the_way(mapping, itself=False)
+        if blocking is not None:  # written last: found out before the import, not after
             raise DicomImportError(f"import-dicom: --mapping {mapping}: {blocking} is a file, not a folder")
     if _same(src, out) or _is_inside(src, out):
         raise DicomImportError(f"import-dicom: --out {out} holds the source {src}; choose another output folder")
     if src.is_dir() and _is_inside(out, src):  # a later import would walk its own output
         raise DicomImportError(f"import-dicom: --out {out} is inside the source {src}; choose a folder outside it")
-    blocking = next((p for p in out.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    blocking = file_in_the_way(out, itself=False)
+    if blocking is not None:
         raise DicomImportError(f"import-dicom: --out {out}: {blocking} is a file, not a folder")
     if out.exists() and not out.is_dir():
         raise DicomImportError(f"import-dicom: --out {out} exists and is not a folder")

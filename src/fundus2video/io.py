@@ -57,6 +57,16 @@ def _as_written(err: OSError, path: Path, prefix: str) -> OSError:
     return type(err)(err.errno, err.strerror, str(path))
 
 
+def file_in_the_way(path: str | Path, itself: bool = True) -> Path | None:
+    """The existing file among `path` (when `itself`) and its parents that keeps `path` from being a
+    folder or going into one, or None: what to name in a message instead of "file exists"."""
+    path = Path(path)
+    for candidate in (path, *path.parents) if itself else path.parents:
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def refuse_input_as_output(flag: str, outputs: list[str | Path], inputs: list[str | Path | None]) -> None:
     """Stop (UserError) when a file to be written is one of the inputs: writing it would destroy
     what the user gave. Compared after resolving links and relative paths."""

@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         what = known.get(err.errno) or (err.strerror or type(err).__name__).lower()
         if err.errno in (errno.EEXIST, errno.ENOTDIR) and err.filename:  # a folder asked for where a file is
-            from pathlib import Path
+            from fundus2video.io import file_in_the_way
 
-            blocking = next((p for p in (Path(err.filename), *Path(err.filename).parents) if p.is_file()), None)
+            blocking = file_in_the_way(err.filename)
             if blocking is not None:
                 print(f"fundus2video: error: {blocking} is a file, not a folder (needed for {err.filename})",
                       file=sys.stderr)

@@ -43,7 +43,7 @@ from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import UserError
 from fundus2video.hub import load_module
-from fundus2video.io import atomic_path
+from fundus2video.io import atomic_path, file_in_the_way
 from fundus2video.knowledge import KM_THRESHOLD
 from fundus2video.metrics.image import (
     PaperPSNR,
@@ -283,7 +283,7 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     # <run dir>/eval/... for a run's checkpoint, <name>-eval/... beside one kept elsewhere; checked first
     home = ckpt.parent.parent / "eval" if ckpt.parent.name == "checkpoints" else ckpt.parent / f"{ckpt.stem}-eval"
     out = Path(out) if out else home / f"{split}-{Path(data).stem if data else 'own'}"
-    if (out.exists() and not out.is_dir()) or any(p.exists() and not p.is_dir() for p in out.parents):
+    if file_in_the_way(out) is not None:
         raise UserError(f"--out {out}: a file is in the way (expected a folder, new or to be added to)")
     module = load_module(ckpt, device)
     samples = evaluation_data(module, ckpt, data, split)

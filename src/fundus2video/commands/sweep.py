@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from fundus2video.commands.options import Parser
 from fundus2video.config import load_config, parse_overrides, resolve_sweep
 from fundus2video.errors import ConfigError, UserError
+from fundus2video.io import file_in_the_way
 from fundus2video.sweeps.search import Search
 from fundus2video.sweeps.spec import Sweep, load_sweep
 
@@ -128,8 +129,8 @@ def run_local(path: str | Path | Sweep, count: int | None = None, extra_override
     base = [f"logging.group={sweep.name}", "logging.wandb=offline", f"logging.root={out}"]
     # bad extras, or files every run needs (VGG weights), stop the sweep before its first run
     check_resources(load_config(sweep.experiment, [*base, *sweep.overrides(sweep.first_values()), *extra]))
-    blocking = next((p for p in (out, *out.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():  # found before the first run, not as each run fails
+    blocking = file_in_the_way(out)
+    if blocking is not None:  # found before the first run, not as each run fails
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
     search = Search(sweep, seed)
     caps = [n for n in (count, sweep.run_cap, search.size) if n is not None]
