@@ -127,7 +127,8 @@ def test_missing_checkpoint_is_one_line_naming_it(tmp_path):
     ({"private": True}, "--private needs --format hub"),
     ({"out": ""}, "--out: empty (expected a .pt file, or .onnx with --format onnx)"),
     ({"format": "onnx"}, "--out {tmp}/g.pt: --format onnx writes a .onnx file"),
-    ({"out": "{tmp}/g.onnx"}, "--format torchscript writes a TorchScript file (.pt); for .onnx give --format onnx"),
+    ({"out": "{tmp}/g.onnx"}, "--format torchscript writes a TorchScript file (.pt, .pth or .ts); for .onnx"),
+    ({"out": "{tmp}/g.txt"}, "--out {tmp}/g.txt: --format torchscript writes a TorchScript file"),
 ])
 def test_bad_arguments(ckpt, tmp_path, kwargs, expected):
     out = kwargs.pop("out", "{tmp}/g.pt").format(tmp=tmp_path)

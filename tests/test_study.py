@@ -203,3 +203,7 @@ def test_empty_variants_or_seeds_on_the_command_line_are_refused(tmp_path, capsy
     for flag in ("--variants", "--seeds"):
         assert main(["study", "phantom", flag, ",,", "--dry-run", "--results", str(tmp_path / "r")]) == 2
         assert f"{flag}: expected" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["study", "phantom", "--dry-run", "--results", str(tmp_path / "file" / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (f"fundus2video: error: --results {tmp_path / 'file' / 'r'}: "
+                                               f"{tmp_path / 'file'} is a file, not a folder")

@@ -83,10 +83,10 @@ def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, sp
     run_split = ckpt.parent.parent / "split.csv"
     if not data and cfg["source"] != "phantom" and run_split.is_file():
         cfg["split"]["file"] = str(run_split)  # the cases this run held out
+    dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1, evaluation=True)
+    dm.setup()  # data that cannot be read stops here, before anything is said about it
     if data and split != "all":
         log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
-    dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1, evaluation=True)
-    dm.setup()
     for dataset in dm.datasets.values():
         dataset.with_regions = True  # per-kind lesion and vessel masks, where the data has them
     if split == "all":

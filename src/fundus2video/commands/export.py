@@ -32,6 +32,7 @@ FORMATS = ("torchscript", "onnx", "hub")  # hub: a folder for the Hugging Face H
 TOLERANCE = 1e-4  # largest |exported - eager| accepted on the check input
 MAX_SIZE = 4096  # sides beyond it do not fit a CPU's memory at export (the paper trains at 512)
 MAX_FRAMES = 1000  # as generate's: longer than any angiography protocol
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 CHECK_BATCH = 2  # the check runs another batch size than the export's example (1): batch is dynamic
 ONNX_MISSING = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fundus2video[export]'"
 
@@ -167,10 +168,6 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
         raise UserError(f"{'--push' if push is not None else '--private'} needs --format hub")
     if not str(out):
         raise UserError("--out: empty (expected a .pt file, or .onnx with --format onnx)")
-    suffix = Path(out).suffix.lower()
-    if (format == "onnx") != (suffix == ".onnx"):  # the file's name says what reads it
-        raise UserError(f"--out {out}: --format {format} writes " + ("a .onnx file" if format == "onnx" else
-                        "a TorchScript file (.pt); for .onnx give --format onnx"))
     if frames is not None and not 1 <= frames <= MAX_FRAMES:  # the traced graph holds every window
         raise UserError(f"--frames {frames}: expected 1 to {MAX_FRAMES}")
     if format == "onnx":
@@ -181,6 +178,11 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
     from fundus2video.io import refuse_input_as_output
 
     refuse_input_as_output("--out", [out, f"{out}.json"], [ckpt])
+    suffix = Path(out).suffix.lower()
+    if (format == "onnx") != (suffix == ".onnx") or (format == "torchscript" and suffix not in TORCHSCRIPT_SUFFIXES):
+        # the file's name says what reads it
+        raise UserError(f"--out {out}: --format {format} writes " + ("a .onnx file" if format == "onnx" else
+                        "a TorchScript file (.pt, .pth or .ts); for .onnx give --format onnx"))
     if not overwrite and (out.exists() or Path(f"{out}.json").exists()):
         raise UserError(f"--out {out}: exists (--overwrite replaces it and its .json, or choose another --out)")
     import torch

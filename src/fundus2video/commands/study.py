@@ -377,6 +377,11 @@ def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, o
     spec = load_study(name, variants, seeds, overrides)
     whole = load_study(name, None, None, overrides)  # the report covers the whole study, not just this part
     results_dir = Path(results or f"results/{spec.name}_study")
+    from fundus2video.io import file_in_the_way
+
+    for flag, folder in (("--results", results_dir), ("--out", Path(out))):  # before any unit trains
+        if (blocking := file_in_the_way(folder)) is not None:
+            raise UserError(f"{flag} {folder}: {blocking} is a file, not a folder")
     if report_only:
         from fundus2video.commands.study_report import load_units
 
