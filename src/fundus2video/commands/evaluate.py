@@ -110,14 +110,15 @@ class Scores:
         self.paper = protocol in ("paper", "both")
         self.skipped: dict[str, str] = {}
         self.settings: dict[str, Any] = {"protocol": protocol}
+        # LPIPS first (only its path is checked here): a missing named file stops before FVD says it skips
+        self.lpips_path = self._load("lpips", lpips, "--lpips", f"torchvision's {lpips_net} ImageNet weights "
+                                     "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)", lambda p: p,
+                                     auto=({"vgg": "vgg16", "alex": "alexnet"}.get(lpips_net, "vgg16"),))
         self.i3d = self._load("fvd", i3d, "--i3d", "an I3D file (StyleGAN-V's i3d_torchscript.pt or pytorch-i3d's "
                               "i3d_pretrained_400.pt)", lambda p: __import__(
                                   "fundus2video.metrics.i3d", fromlist=["load_i3d"]).load_i3d(p, size=i3d_size
                                                                                              ).to(self.device),
                               auto=("i3d", "i3d_400"))
-        self.lpips_path = self._load("lpips", lpips, "--lpips", f"torchvision's {lpips_net} ImageNet weights "
-                                     "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)", lambda p: p,
-                                     auto=({"vgg": "vgg16", "alex": "alexnet"}.get(lpips_net, "vgg16"),))
         self.lpips_net = lpips_net
         scales = next((s for s in (5, 4, 3) if msssim_min_side(s) <= size), 0)
         if self.standard and not scales:
