@@ -133,5 +133,13 @@ def short_note(good: list[CaseReport], n_frames: int) -> str:
 
 
 def bad_cases_message(reports: list[CaseReport]) -> str:
+    """Every bad case with its reason, one per line (for a log)."""
     bad = [r for r in reports if not r.ok]
     return f"{len(bad)} bad case(s):\n" + "\n".join(f"  {r.case_id}: {r.problem}" for r in bad)
+
+
+def bad_cases_line(reports: list[CaseReport], limit: int = 3) -> str:
+    """The bad cases in one line (an error): the first `limit` with their reasons, then a count."""
+    bad = [r for r in reports if not r.ok]
+    shown = "; ".join(f"{r.case_id}: {r.problem}" for r in bad[:limit])
+    return f"{len(bad)} bad case(s): {shown}" + (f"; and {len(bad) - limit} more" if len(bad) > limit else "")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fundus2video.config import AugmentConfig
 from fundus2video.data_modules.cases import CaseRecord, folder_records, manifest_records
-from fundus2video.data_modules.check import bad_cases_message, check_records, short_note
+from fundus2video.data_modules.check import bad_cases_line, bad_cases_message, check_records, short_note
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
 from fundus2video.data_modules.sampling import SeededSampler
 from fundus2video.data_modules.splits import SPLITS, check_disjoint, read_split, split_by_patient, write_split
@@ -74,8 +74,9 @@ class Fundus2VideoDataModule(L.LightningDataModule):
                                     cfg["n_frames"], cfg["km_threshold"])
             bad = {r.case_id for r in reports if not r.ok}
             if bad and not cfg["skip_bad_cases"]:
-                raise DataError(f"{cfg['root']}: {bad_cases_message(reports)}\n"
-                                "(fix them, or set data.skip_bad_cases=true to leave them out)")
+                raise DataError(f"{cfg['root']}: {bad_cases_line(reports)} (`fundus2video data check "
+                                f"{cfg['root']}` lists each; fix them, or set data.skip_bad_cases=true to leave "
+                                "them out)")
             if bad:
                 log.warning("leaving out %s", bad_cases_message(reports))
                 records = [r for r in records if r.case_id not in bad]
