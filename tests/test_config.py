@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from fundus2video.commands.cli import main
-from fundus2video.config import ConfigError, from_plain, load_config, to_plain
+from fundus2video.config import ConfigError, from_plain, load_config, resolve_experiment, to_plain
 from tests.helpers.cli import run_cli
 
 # experiments (sweep files are wandb sweep configurations, validated in test_sweep.py)
@@ -221,4 +221,11 @@ def test_experiment_files_with_a_bad_base_or_interpolation_are_named(tmp_path, c
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(tmp_path / name)
     assert load_config(tmp_path / "interp.yaml", ["name=fine"]).name == "fine"  # an override replaces it
+    (tmp_path / "nested.yaml").write_text("model:\n  generator: 5\n")
+    with pytest.raises(ConfigError, match=re.escape("nested.yaml: 'model.generator' must be a mapping of keys (e.g. "
+                                                    "generator: {key: value}); found 5")):
+        load_config(tmp_path / "nested.yaml")
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"experiment {tmp_path / 'folder.yaml'}: a folder, not a YAML")):
+        resolve_experiment(str(tmp_path / "folder.yaml"))
     assert run_cli("train", "smoke", "--resume=").stderr.strip() == "fundus2video: error: --resume= needs a value"

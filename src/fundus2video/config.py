@@ -254,6 +254,15 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+def _section_keys(schema: type, prefix: str = "") -> list[str]:
+    """The dotted keys of every section (a dataclass field) of the schema, outermost first."""
+    keys = []
+    for f in fields(schema):
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            keys += [f"{prefix}{f.name}", *_section_keys(f.default_factory, f"{prefix}{f.name}.")]
+    return keys
+
+
 def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     """Every dotted leaf key of the schema, e.g. `model.generator.ngf`."""
     keys = []
@@ -346,11 +355,11 @@ def _read_yaml(path: Path) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: an experiment is a mapping of sections (data:, model:, ...); found a "
                           f"{'list' if isinstance(loaded, ListConfig) else type(loaded).__name__}")
-    for section in ("data", "model", "loss", "rollout", "optim", "trainer", "logging"):
-        value = loaded.get(section)
+    for section in _section_keys(ExperimentConfig):  # every nested section, e.g. model.generator
+        value = OmegaConf.select(loaded, section, default=None)
         if value is not None and not isinstance(value, DictConfig):
-            raise ConfigError(f"{path}: '{section}' must be a mapping of keys (e.g. {section}: {{key: value}}); "
-                              f"found {value!r}")
+            raise ConfigError(f"{path}: '{section}' must be a mapping of keys (e.g. {section.split('.')[-1]}: "
+                              f"{{key: value}}); found {value!r}")
     return loaded
 
 
@@ -565,6 +574,8 @@ def resolve_experiment(name: str) -> Path:
     if path.suffix in (".yaml", ".yml"):
         if path.is_file():
             return path
+        if path.is_dir():
+            raise ConfigError(f"experiment {path}: a folder, not a YAML file")
         candidates = [path]
     else:
         candidates = [Path("experiments") / f"{name}.yaml"]
@@ -572,7 +583,7 @@ def resolve_experiment(name: str) -> Path:
         if candidate.is_file():
             return candidate
     folder = candidates[0].parent
-    known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    known = sorted(p.stem for p in folder.glob("*.yaml") if p.is_file()) if folder.is_dir() else []
     hint = f" (available in {folder}/: {', '.join(known)})" if known else ""
     raise ConfigError(f"experiment not found: {candidates[0]}{hint}")
 
