@@ -117,7 +117,8 @@ def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
     out.append(f"{len(reports)} cases, {len(good)} ok, {len(bad)} bad"
                + (f"; frames per case {min(frames)}..{max(frames)}" if frames else ""))
     out += [f"BAD {r.case_id}: {r.problem}" for r in bad]
-    out += [short_note(good, n_frames)] if short_note(good, n_frames) else []
+    if note := short_note(good, n_frames):
+        out.append(f"NOTE {note}")
     return "\n".join(out)
 
 
@@ -128,7 +129,7 @@ def short_note(good: list[CaseReport], n_frames: int) -> str:
     if not short:
         return ""
     names = ", ".join(r.case_id for r in short[:4]) + (" ..." if len(short) > 4 else "")
-    return (f"NOTE {len(short)} case(s) have fewer frames than data.n_frames={n_frames} and are used with all "
+    return (f"{len(short)} case(s) have fewer frames than data.n_frames={n_frames} and are used with all "
             f"they have ({min(r.n_frames for r in short)}..{max(r.n_frames for r in short)}): {names}")
 
 

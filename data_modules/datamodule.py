@@ -81,7 +81,7 @@ class Fundus2VideoDataModule(L.LightningDataModule):
                 log.warning("leaving out %s", bad_cases_message(reports))
                 records = [r for r in records if r.case_id not in bad]
             if note := short_note([r for r in reports if r.ok], cfg["n_frames"]):
-                log.warning("%s", note[len("NOTE "):])
+                log.warning("%s", note)
         patients = {r.case_id: r.patient_id for r in records}
         split_cfg = cfg["split"]
         if split_cfg["file"]:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
 from fundus2video.io import atomic_path
+from fundus2video.limits import MAX_SIZE
 from fundus2video.video_io import write_mp4, write_png
 
 CASE_FILE = re.compile(r"cf\.png|lesion(_[a-z_]+)?\.png|vessels\.png|ffa\.mp4|ffa/\d{3}\.png")
@@ -40,7 +41,7 @@ def _phantom_entries(out: Path) -> list[Path] | None:
     return entries
 
 
-MIN_SIZE, MAX_SIZE = 32, 4096  # below, the vessels are sub-pixel; above, one frame takes gigabytes to render
+MIN_SIZE = 32  # below, the vessels are sub-pixel (above MAX_SIZE one frame takes gigabytes to render)
 
 
 def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int = 12,

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fundus2video.errors import ConfigError
+from fundus2video.limits import MAX_BLOCKS, MAX_DOWNSAMPLE, MAX_FPS, MAX_FRAMES, MAX_SIZE, MAX_WIDTH, MAX_WINDOW
 
 __all__ = ["ConfigError", "ExperimentConfig", "from_plain", "load_config", "to_plain"]
 
@@ -406,10 +407,10 @@ def _check(cfg: DictConfig) -> None:
     fr = list(cfg.data.split.fractions)
     need(len(fr) == 3 and min(fr) >= 0 and abs(sum(fr) - 1) < 1e-6,
          f"data.split.fractions: expected three non-negative numbers summing to 1, got {fr}")
-    need(16 <= cfg.data.size <= 4096, f"data.size: {cfg.data.size} is out of range (expected 16 to 4096)")
-    # before 2 ** n_downsample below: at 4096 pixels, 12 halvings leave one
-    need(1 <= cfg.model.generator.n_downsample <= 12, f"model.generator.n_downsample: "
-         f"{cfg.model.generator.n_downsample} is out of range (expected 1 to 12)")
+    need(16 <= cfg.data.size <= MAX_SIZE, f"data.size: {cfg.data.size} is out of range (expected 16 to {MAX_SIZE})")
+    # before 2 ** n_downsample below
+    need(1 <= cfg.model.generator.n_downsample <= MAX_DOWNSAMPLE, f"model.generator.n_downsample: "
+         f"{cfg.model.generator.n_downsample} is out of range (expected 1 to {MAX_DOWNSAMPLE})")
     div = 2 ** (cfg.model.generator.n_downsample + (cfg.model.generator.netg == "local"))
     need(cfg.data.size % div == 0,
          f"data.size: {cfg.data.size} must be divisible by {div} (2**n_downsample, x2 for netg=local)")
@@ -499,11 +500,11 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     need(0 < cfg.loss.nce_temperature < math.inf, f"loss.nce_temperature: {cfg.loss.nce_temperature} is out of "
          "range (expected a finite temperature > 0)")
     # sizes past these build networks or videos that no machine runs (a hang, not an error, otherwise)
-    for key, high in (("data.n_frames", 1000), ("model.window", 64), ("model.generator.n_blocks", 64),
-                      ("model.generator.n_blocks_local", 64),
-                      ("model.generator.ngf", 4096), ("model.discriminator.ndf", 4096), ("loss.nce_dim", 4096),
+    for key, high in (("data.n_frames", MAX_FRAMES), ("model.window", MAX_WINDOW), ("model.generator.n_blocks",
+                       MAX_BLOCKS), ("model.generator.n_blocks_local", MAX_BLOCKS), ("model.generator.ngf", MAX_WIDTH),
+                      ("model.discriminator.ndf", MAX_WIDTH), ("loss.nce_dim", MAX_WIDTH),
                       ("model.discriminator.n_layers", 8), ("model.discriminator.num_d", 8), ("data.num_workers", 256),
-                      ("logging.fps", 240), ("trainer.num_nodes", 1024), ("data.phantom.n_train", 100_000),
+                      ("logging.fps", MAX_FPS), ("trainer.num_nodes", 1024), ("data.phantom.n_train", 100_000),
                       ("data.phantom.n_val", 100_000), ("data.phantom.n_test", 100_000),
                       ("loss.gv_patch", cfg.data.size)):
         value = OmegaConf.select(cfg, key)
@@ -513,8 +514,8 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     within("data.phantom.seed", 0, 2**32 - 1)
     within("data.split.seed", 0, 2**32 - 1)
     render = cfg.data.phantom.render_size
-    need(render == 0 or 32 <= render <= 4096, f"data.phantom.render_size: {render} is out of range (expected 0, "
-         "which draws at data.size, or 32 to 4096)")
+    need(render == 0 or 32 <= render <= MAX_SIZE, f"data.phantom.render_size: {render} is out of range (expected 0, "
+         f"which draws at data.size, or 32 to {MAX_SIZE})")
     limit = cfg.trainer.limit_train_batches
     need(limit > 0, f"trainer.limit_train_batches: {limit} trains nothing (expected > 0: a number of batches, or "
          "a fraction of them)")

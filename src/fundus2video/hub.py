@@ -36,6 +36,7 @@ import torch
 
 from fundus2video.errors import UserError
 from fundus2video.io import atomic_path
+from fundus2video.limits import MAX_BLOCKS, MAX_DOWNSAMPLE, MAX_FRAMES, MAX_SIZE, MAX_WIDTH, MAX_WINDOW
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
 from fundus2video.rollout import rollout
 
@@ -159,9 +160,10 @@ def _fail(where: str | Path, why: str) -> UserError:
     return UserError(f"{where}: {why}")
 
 
-# the experiment configuration's ceilings (config.py): a folder past them is not one fundus2video wrote
-LIMITS = {"window": 64, "size": 4096, "n_frames": 1000, "size_multiple": 8192, "ngf": 4096, "n_downsample": 12,
-          "n_blocks": 64, "n_blocks_local": 64, "input_nc": 67, "output_nc": 64}
+# the experiment configuration's ceilings: a folder past them is not one fundus2video wrote
+LIMITS = {"window": MAX_WINDOW, "size": MAX_SIZE, "n_frames": MAX_FRAMES, "size_multiple": 2 * MAX_SIZE,
+          "ngf": MAX_WIDTH, "n_downsample": MAX_DOWNSAMPLE, "n_blocks": MAX_BLOCKS, "n_blocks_local": MAX_BLOCKS,
+          "input_nc": 3 + MAX_WINDOW, "output_nc": MAX_WINDOW}
 
 
 def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict]:

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fundus2video.errors import UserError
+from fundus2video.limits import MAX_FRAMES, MAX_SIZE
 
 if TYPE_CHECKING:
     import torch
 
 FORMATS = ("torchscript", "onnx", "hub")  # hub: a folder for the Hugging Face Hub (fundus2video.hub)
 TOLERANCE = 1e-4  # largest |exported - eager| accepted on the check input
-MAX_SIZE = 4096  # sides beyond it do not fit a CPU's memory at export (the paper trains at 512)
-MAX_FRAMES = 1000  # as generate's: longer than any angiography protocol
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 CHECK_BATCH = 2  # the check runs another batch size than the export's example (1): batch is dynamic
 ONNX_MISSING = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fundus2video[export]'"

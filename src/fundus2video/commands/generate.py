@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from fundus2video.errors import UserError
-
-# a video longer than any angiography protocol, and a frame rate beyond any player: refused before the rollout
-MAX_FRAMES, MAX_FPS = 1000, 240
+from fundus2video.limits import MAX_FPS, MAX_FRAMES
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

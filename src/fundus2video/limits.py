@@ -1,0 +1,11 @@
+"""Ceilings shared by the configuration check, Hub folders and the commands. Past them no machine
+runs the network or the video, so a mistyped value fails in one line instead of hanging or
+exhausting the memory."""
+
+MAX_SIZE = 4096  # image side (the paper trains at 512)
+MAX_FRAMES = 1000  # frames of a video: longer than any angiography protocol
+MAX_FPS = 240  # frame rate of a written video: beyond any player
+MAX_WINDOW = 64  # frames predicted per window (K)
+MAX_DOWNSAMPLE = 12  # 4096 pixels halved 12 times leave one
+MAX_BLOCKS = 64  # residual blocks
+MAX_WIDTH = 4096  # ngf, ndf, the PatchNCE projection's width
