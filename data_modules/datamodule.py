@@ -19,6 +19,7 @@ from fundus2video.config import AugmentConfig
 from fundus2video.data_modules.cases import CaseRecord, folder_records, manifest_records
 from fundus2video.data_modules.check import bad_cases_line, bad_cases_message, check_records, short_note
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
+from fundus2video.data_modules.phantom import Nuisances
 from fundus2video.data_modules.sampling import SeededSampler
 from fundus2video.data_modules.splits import SPLITS, check_disjoint, read_split, split_by_patient, write_split
 from fundus2video.data_modules.transforms import PairedTransform
@@ -62,8 +63,9 @@ class Fundus2VideoDataModule(L.LightningDataModule):
 
     def _phantom(self) -> dict[str, Dataset]:
         cfg, ph = self.cfg, self.cfg["phantom"]
+        nuisances = Nuisances.from_config(ph)
         return {s: PhantomVideoDataset(s, ph[f"n_{s}"], cfg["size"], cfg["n_frames"], ph["seed"],
-                                       ph["render_size"], cfg["km_threshold"], self._transform(s))
+                                       ph["render_size"], cfg["km_threshold"], self._transform(s), nuisances)
                 for s in SPLITS}
 
     def _files(self) -> dict[str, Dataset]:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fundus2video.data_modules.cases import CaseRecord, RawCase, load_case, select_frames
-from fundus2video.data_modules.phantom import make_case
+from fundus2video.data_modules.phantom import Nuisances, make_case
 from fundus2video.data_modules.transforms import PairedTransform
 from fundus2video.knowledge import KM_THRESHOLD, crop_to_roi, knowledge_mask
 
@@ -90,12 +90,13 @@ class PhantomVideoDataset(_CaseDataset):
 
     def __init__(self, split: str, n_cases: int, size: int, n_frames: int, seed: int = 0,
                  render_size: int = 0, km_threshold: float = KM_THRESHOLD,
-                 transform: PairedTransform | None = None):
+                 transform: PairedTransform | None = None, nuisances: Nuisances | None = None):
         super().__init__(size, False, transform or PairedTransform(size, train=False), km_threshold)
         if split not in SPLIT_OFFSET:
             raise ValueError(f"split '{split}' is not one of {list(SPLIT_OFFSET)}")
         self.split, self.n_cases, self.n_frames = split, n_cases, n_frames
         self.seed, self.render_size = seed, render_size or size
+        self.nuisances = nuisances or Nuisances()
         self._cache: dict[int, tuple] = {}  # drawing a case costs more than a generator step
 
     def __len__(self) -> int:
@@ -104,7 +105,7 @@ class PhantomVideoDataset(_CaseDataset):
     def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         if i not in self._cache:
             c = make_case(SPLIT_OFFSET[self.split] + i, size=self.render_size, n_frames=self.n_frames,
-                          seed=self.seed)
+                          seed=self.seed, nuisances=self.nuisances)
             regions = {**c.lesion_kinds, "vessels": c.vessels}
             self._cache[i] = (RawCase(c.cf, c.frames, c.times, c.phases, c.lesion, regions=regions),
                               c.case_id, c.patient_id)

@@ -29,9 +29,19 @@ Model
      nonperfusion   dark throughout (no capillary filling).
 4. The CF is the same anatomy painted in colour with a per-patient cast, vignetting, blur, noise.
 
-The first frame of the default sampling is at 10-11 s (dye just arriving) and the last one late,
-so the project's knowledge mask |first - last| > 45 isolates the dynamic lesions: background and
-vessels are tuned to end up within ~30 grey levels of where they started.
+Presets (`make_case(..., nuisances=Nuisances.preset(name))`, config `data.phantom.preset`):
+  aligned    the first frame at 10-11 s (dye just arriving), the last one late, one time course per
+             lesion kind, pixel-aligned frames and CF, a CF look that names the kind. Background
+             and vessels are tuned to end within ~30 grey levels of where they started, so the
+             knowledge mask |first - last| > 45 is the dynamic lesions: it hands a KM-guided
+             method its answer. Kept for the tests and the earlier study.
+  realistic  every nuisance of `Nuisances` on: frames selected as the authors' release selects
+             them (first frame from the AV / venous phase, per-patient arm-retina time), per-eye
+             lesion rates and strengths, per-frame camera gain and offset, eye motion between
+             frames, a CF from another camera (scale, rotation, offset, its own field of view),
+             faint and confusable CF looks. The knowledge mask then also covers vessels, disc
+             and moving edges. Each nuisance's range and its clinical basis: docs/PHANTOM.md.
+The transforms of the motion and the misregistration are kept as ground truth in the case.
 
 Value ranges (0..255): FFA inside the FOV 3..255, outside 0.  Roughly: background 20-70 at
 10-11 s, ~115 venous, ~50 late; vessels ~230 at their peak, ~40 late; dynamic lesions 150-220 late.
@@ -41,7 +51,7 @@ CF: green >= 13 inside the FOV, all channels 0 outside.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -50,6 +60,63 @@ PHASES = ("early", "arterial", "venous", "late")
 DYNAMIC_KINDS = ("leakage", "staining", "pooling", "window_defect")
 STATIC_KINDS = ("blocked", "nonperfusion")
 LESION_KINDS = DYNAMIC_KINDS + STATIC_KINDS
+PRESETS = ("aligned", "realistic")
+
+
+@dataclass(frozen=True)
+class Nuisances:
+    """The clinical nuisances a case carries; each is one switch (docs/PHANTOM.md: ranges, sources)."""
+
+    release_sampling: bool = False  # first frame from AV/V, per-patient arm-retina time
+    patient_kinetics: bool = False  # per-eye rate and strength of each lesion kind's time course
+    exposure: bool = False  # per-frame camera gain and offset
+    eye_motion: bool = False  # translation, rotation, scale between FFA frames
+    misregistration: bool = False  # the CF from another camera: scale, rotation, offset, own FOV
+    cf_ambiguity: bool = False  # faint CF looks; some lesions painted with a confusable kind's look
+
+    @staticmethod
+    def preset(name: str) -> Nuisances:
+        if name not in PRESETS:
+            raise ValueError(f"phantom preset '{name}' is not one of {list(PRESETS)}")
+        on = name == "realistic"
+        return Nuisances(**{f: on for f in NUISANCES})
+
+    @staticmethod
+    def from_config(cfg) -> Nuisances:
+        """From `data.phantom` (a mapping): the preset, then each nuisance's "on" / "off"."""
+        base = Nuisances.preset(cfg.get("preset", "aligned"))
+        forced = {f: cfg[f] == "on" for f in NUISANCES if cfg.get(f, "preset") != "preset"}
+        return replace(base, **forced)
+
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in NUISANCES)
+
+
+NUISANCES = ("release_sampling", "patient_kinetics", "exposure", "eye_motion", "misregistration",
+             "cf_ambiguity")
+
+# Ranges of the nuisances (docs/PHANTOM.md gives the clinical basis of each).
+ARM_RETINA_S = (8.0, 15.0)  # dye reaches the retina this long after injection (per patient)
+ALIGNED_ARRIVAL_S = 10.0  # the arrival the aligned kinetics are written for
+FIRST_AFTER_ARRIVAL_S = (5.0, 12.0)  # the release's first frame: AV / early venous phase
+RATE_RANGE = (0.5, 2.0)  # per-eye multiplier of a lesion kind's speed (log-uniform)
+STRENGTH_RANGE = (0.5, 1.2)  # per-eye multiplier of a lesion kind's peak fluorescence
+AUTO_GAIN_TARGET = (70.0, 110.0)  # the field's mean grey level the camera's gain steers towards
+AUTO_GAIN_STRENGTH = (0.5, 0.9)  # share of a brightness change the gain undoes (per case)
+GAIN_JITTER = (0.9, 1.1)  # per-frame gain beyond the auto-gain (log-uniform)
+OFFSET_STD = 4.0  # per-frame camera offset, grey levels
+MOTION_SHIFT_STD = 0.015  # eye motion between frames: translation std per axis, image sides
+MOTION_ROT_STD_DEG = 1.5
+MOTION_SCALE_STD = 0.01
+CF_SCALE_RANGE = (0.88, 1.12)  # the CF camera's magnification relative to the angiograph's
+CF_ROT_MAX_DEG = 6.0
+CF_SHIFT_MAX = 0.04  # image sides
+CF_FOV_RADIUS = (0.45, 0.5)  # the CF camera's own circular field (image sides)
+FAINT_RANGE = (0.25, 1.0)  # opacity of a lesion's CF look
+LOOK_SWAP_P = 0.35  # chance that a lesion wears a confusable kind's CF look
+LOOK_CONFUSIONS = {"leakage": ("staining", "window_defect"), "staining": ("leakage", "window_defect"),
+                   "window_defect": ("staining", "leakage"), "pooling": ("nonperfusion",),
+                   "nonperfusion": ("pooling",), "blocked": ()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +135,12 @@ class PhantomCase:
     lesion: np.ndarray  # (H, W) bool union of the dynamic lesions
     lesion_kinds: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (H, W) bool
     vessels: np.ndarray | None = None  # (H, W) bool: the larger vessels (coverage > 1/2)
+    # Ground truth of the nuisances (None when off). Masks are in FFA frame 0's pixel coordinates.
+    frame_to_ref: np.ndarray | None = None  # (T, 2, 3): cv2.warpAffine(frames[k], M[k]) ~ frame 0
+    cf_to_ref: np.ndarray | None = None  # (2, 3): cv2.warpAffine(cf, M) ~ aligned with frame 0
+    exposure: np.ndarray | None = None  # (T, 2): camera gain and offset of each frame
+    arrival: float = ALIGNED_ARRIVAL_S  # seconds from injection until the dye reaches the retina
+    looks: dict[str, str] = field(default_factory=dict)  # lesion kind -> the kind its CF look shows
 
 
 def phase_of(t: float) -> str:
@@ -101,42 +174,173 @@ def frame_times(n_frames: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(times).astype(np.float32)
 
 
+def frame_times_release(n_frames: int, arrival: float, rng: np.random.Generator) -> np.ndarray:
+    """The release's selection: phase A dropped, the first frame from the AV / early venous phase
+    (`FIRST_AFTER_ARRIVAL_S` after the dye arrives), then venous frames up to 60 s and a late third
+    (300-600 s), stratified and jittered."""
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    first = arrival + rng.uniform(*FIRST_AFTER_ARRIVAL_S)
+    n_late = min(n_frames - 1, max(1, n_frames // 3))
+    n_ven = n_frames - 1 - n_late
+
+    def stratified(lo: float, hi: float, k: int) -> np.ndarray:
+        return lo + (hi - lo) * (np.arange(k) + rng.uniform(0.1, 0.9, k)) / max(k, 1)
+
+    times = np.concatenate([[first], stratified(first + 1.0, 60.0, n_ven), stratified(300.0, 600.0, n_late)])
+    return np.sort(times).astype(np.float32)
+
+
 def make_case(index: int, size: int = 256, n_frames: int = 12, seed: int = 0,
-              times: np.ndarray | None = None) -> PhantomCase:
+              times: np.ndarray | None = None, nuisances: Nuisances | None = None) -> PhantomCase:
     """Case `index` of the phantom with base `seed`; the same (index, size, n_frames, seed) gives
     identical arrays.  The same index at different sizes shows the same eye.  If `times` is
-    given it replaces the default sampling (sorted; n_frames is then ignored)."""
+    given it replaces the default sampling (sorted; n_frames is then ignored).  `nuisances`
+    (default: none, the aligned preset) draw from streams of their own, so switching one on leaves
+    the anatomy and every other nuisance of the case as they were."""
     # Independent streams, so geometry never depends on size and noise never on geometry;
     # the patient stream is shared by both eyes.
     patient_rng = np.random.default_rng(np.random.SeedSequence([seed, index // 2]))
     geo_ss, time_ss, noise_ss = np.random.SeedSequence([seed, index, 1]).spawn(3)
     anatomy = _sample_anatomy(np.random.default_rng(geo_ss), patient_rng)
+    nz = nuisances or Nuisances()
+    draw = _draw_nuisances(nz, anatomy, index, seed, size)
     if times is None:
-        times = frame_times(n_frames, np.random.default_rng(time_ss))
+        times = (frame_times_release(n_frames, draw.arrival, np.random.default_rng(time_ss))
+                 if nz.release_sampling else frame_times(n_frames, np.random.default_rng(time_ss)))
     times = np.sort(np.asarray(times, dtype=np.float32).ravel())
 
     grid = _Grid.make(size, anatomy)
-    layers = _rasterise(anatomy, grid)
+    layers = _rasterise(anatomy, grid, *((draw.looks, draw.faint) if nz.cf_ambiguity else (None, None)))
     noise_rng = np.random.default_rng(noise_ss)
-    cf = _render_cf(anatomy, layers, grid, noise_rng)
-    frames = _render_ffa(layers, times, noise_rng)
+    if nz.any():
+        cf, frames, camera = _render_realistic(anatomy, layers, grid, times, noise_rng, draw)
+    else:  # the aligned preset: bit for bit what it always drew
+        cf = _render_cf(anatomy, layers, grid, noise_rng)
+        frames = _render_ffa(layers, times, noise_rng)
+        camera = None
 
     eye = "OD" if index % 2 == 0 else "OS"
     masks = {k: layers.masks[k] for k in LESION_KINDS}
     lesion = np.logical_or.reduce([masks[k] for k in DYNAMIC_KINDS])
     fov = layers.fov
     vessels = np.maximum(layers.art, layers.vein) > 0.5
+    frame_to_ref = None if camera is None or not nz.eye_motion else camera["frame_to_ref"]
+    cf_to_ref = None if camera is None or not nz.misregistration else camera["cf_to_ref"]
     if eye == "OS":  # mirror image of a right eye: the disc moves to the left
         cf, frames, fov, lesion = cf[:, ::-1], frames[:, :, ::-1], fov[:, ::-1], lesion[:, ::-1]
         vessels = vessels[:, ::-1]
         masks = {k: m[:, ::-1] for k, m in masks.items()}
+        frame_to_ref = None if frame_to_ref is None else np.stack([_mirrored(m, size) for m in frame_to_ref])
+        cf_to_ref = None if cf_to_ref is None else _mirrored(cf_to_ref, size)
     contiguous = np.ascontiguousarray
+    shift = draw.arrival - ALIGNED_ARRIVAL_S  # phases are named by the eye's own clock
     return PhantomCase(
         case_id=f"phantom{index:04d}", patient_id=f"P{index // 2:04d}", eye=eye,
         cf=contiguous(cf), frames=contiguous(frames), times=times,
-        phases=[phase_of(float(t)) for t in times], fov=contiguous(fov),
+        phases=[phase_of(float(t) - shift) for t in times], fov=contiguous(fov),
         lesion=contiguous(lesion), lesion_kinds={k: contiguous(m) for k, m in masks.items()},
-        vessels=contiguous(vessels))
+        vessels=contiguous(vessels), frame_to_ref=frame_to_ref, cf_to_ref=cf_to_ref,
+        exposure=None if camera is None or not nz.exposure else camera["exposure"],
+        arrival=draw.arrival, looks=draw.looks if nz.cf_ambiguity else {})
+
+
+@dataclass
+class _Draw:
+    """A case's nuisance parameters. Every one is drawn whatever the switches, each from a stream
+    of its own, so a switch changes only what it switches."""
+
+    arrival: float  # seconds from injection to the dye's arrival at the retina
+    rates: dict[str, float] | None  # lesion kind -> speed multiplier of its time course
+    strengths: dict[str, float] | None  # lesion kind -> peak fluorescence multiplier
+    looks: dict[str, str]  # lesion kind -> the kind whose CF look it wears
+    faint: dict[str, float]  # lesion kind -> opacity of its CF look
+    nuisances: Nuisances
+    exposure_ss: np.random.SeedSequence
+    motion_ss: np.random.SeedSequence
+    cf_ss: np.random.SeedSequence
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float, n=None):
+    return np.exp(rng.uniform(math.log(lo), math.log(hi), n))
+
+
+def _draw_nuisances(nz: Nuisances, anatomy: _Anatomy, index: int, seed: int, size: int) -> _Draw:
+    patient = np.random.default_rng(np.random.SeedSequence([seed, index // 2, 11]))
+    kin, look_ss, exposure_ss, motion_ss, cf_ss = np.random.SeedSequence([seed, index, 12]).spawn(5)
+    arrival = float(patient.uniform(*ARM_RETINA_S))
+    kin_rng, look_rng = np.random.default_rng(kin), np.random.default_rng(look_ss)
+    rates = {k: float(_log_uniform(kin_rng, *RATE_RANGE)) for k in LESION_KINDS}
+    strengths = {k: float(kin_rng.uniform(*STRENGTH_RANGE)) for k in LESION_KINDS}
+    looks, faint = {}, {}
+    for k in LESION_KINDS:
+        swap, pick, alpha = look_rng.random(), look_rng.random(), look_rng.uniform(*FAINT_RANGE)
+        others = LOOK_CONFUSIONS[k]
+        looks[k] = others[int(pick * len(others))] if others and swap < LOOK_SWAP_P else k
+        faint[k] = float(alpha)
+    return _Draw(arrival=arrival if nz.release_sampling else ALIGNED_ARRIVAL_S,
+                 rates=rates if nz.patient_kinetics else None,
+                 strengths=strengths if nz.patient_kinetics else None,
+                 looks=looks, faint=faint, nuisances=nz,
+                 exposure_ss=exposure_ss, motion_ss=motion_ss, cf_ss=cf_ss)
+
+
+def _similarity(size: int, scale: float, angle_deg: float, shift) -> np.ndarray:
+    """2 x 3 affine in pixel coordinates: scale and rotate about the image centre, then shift."""
+    c = (size - 1) / 2.0
+    m = cv2.getRotationMatrix2D((c, c), angle_deg, scale)
+    m[:, 2] += np.asarray(shift, np.float64)
+    return m
+
+
+def _inverse(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(m)
+
+
+def _mirrored(m: np.ndarray, size: int) -> np.ndarray:
+    """The same transform seen in the horizontally mirrored image (F M F, F: x -> size-1-x)."""
+    f = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    full = np.vstack([m, [0.0, 0.0, 1.0]])
+    return (f @ full @ f)[:2]
+
+
+def _camera_draws(draw: _Draw, n_frames: int, size: int) -> dict[str, np.ndarray]:
+    """Per-frame gain/offset, the eye's motion and the CF camera: the ground truth of a case."""
+    nz = draw.nuisances
+    exp_rng, mot_rng, cf_rng = (np.random.default_rng(ss) for ss in (draw.exposure_ss, draw.motion_ss, draw.cf_ss))
+    # the gain itself depends on each frame's brightness: the renderer completes column 0
+    target, strength = exp_rng.uniform(*AUTO_GAIN_TARGET), exp_rng.uniform(*AUTO_GAIN_STRENGTH)
+    jitter = _log_uniform(exp_rng, *GAIN_JITTER, n_frames)
+    offsets = exp_rng.normal(0.0, OFFSET_STD, n_frames)
+    exposure = np.stack([jitter, offsets], 1) if nz.exposure else np.tile([1.0, 0.0], (n_frames, 1))
+    ref_to_frame = [np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])]  # frame 0 is the reference
+    for _ in range(1, n_frames):
+        shift = mot_rng.normal(0.0, MOTION_SHIFT_STD * size, 2)
+        angle, scale = mot_rng.normal(0.0, MOTION_ROT_STD_DEG), 1.0 + mot_rng.normal(0.0, MOTION_SCALE_STD)
+        ref_to_frame.append(_similarity(size, scale, angle, shift) if nz.eye_motion else ref_to_frame[0].copy())
+    scale = cf_rng.uniform(*CF_SCALE_RANGE)
+    angle = cf_rng.uniform(-CF_ROT_MAX_DEG, CF_ROT_MAX_DEG)
+    shift = cf_rng.uniform(-CF_SHIFT_MAX, CF_SHIFT_MAX, 2) * size
+    fov_offset, fov_radius = cf_rng.uniform(-0.012, 0.012, 2), cf_rng.uniform(*CF_FOV_RADIUS)
+    ref_to_cf = _similarity(size, scale, angle, shift) if nz.misregistration else ref_to_frame[0].copy()
+    return {"exposure": exposure.astype(np.float32), "auto_gain": (target, strength),
+            "ref_to_frame": np.stack(ref_to_frame),
+            "frame_to_ref": np.stack([_inverse(m) for m in ref_to_frame]),
+            "ref_to_cf": ref_to_cf, "cf_to_ref": _inverse(ref_to_cf),
+            "cf_fov": (fov_offset, fov_radius)}
+
+
+def _render_realistic(anatomy: _Anatomy, layers: _Layers, grid: _Grid, times: np.ndarray,
+                      rng: np.random.Generator, draw: _Draw):
+    camera = _camera_draws(draw, len(times), grid.size)
+    nz = draw.nuisances
+    cf = _render_cf(anatomy, layers, grid, rng, camera if nz.misregistration else None)
+    frames = _render_ffa(layers, times, rng, shift=draw.arrival - ALIGNED_ARRIVAL_S, rates=draw.rates,
+                         strengths=draw.strengths,
+                         motion=camera["ref_to_frame"] if nz.eye_motion else None,
+                         exposure=camera["exposure"] if nz.exposure else None,
+                         auto_gain=camera["auto_gain"])
+    return cf, frames, camera
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,6 +685,7 @@ class _Layers:
     maps: dict[str, np.ndarray]  # kind -> soft 0..1 map (CF look and FFA strength)
     masks: dict[str, np.ndarray]  # kind -> bool mask
     extras: dict[str, np.ndarray]  # CF-only details: nv dots, ghost vessels, pooling rim
+    cf_maps: dict[str, np.ndarray]  # look -> soft map painted in the CF (`maps` unless looks are confused)
 
 
 def _draw_vessels(vessels: list[_Vessel], grid: _Grid) -> np.ndarray:
@@ -516,7 +721,8 @@ def _draw_vessels(vessels: list[_Vessel], grid: _Grid) -> np.ndarray:
                      for c in canvas])
 
 
-def _rasterise(anatomy: _Anatomy, grid: _Grid) -> _Layers:
+def _rasterise(anatomy: _Anatomy, grid: _Grid, looks: dict[str, str] | None = None,
+               faint: dict[str, float] | None = None) -> _Layers:
     radius = np.sqrt(grid.x ** 2 + grid.y ** 2)
     fov = radius <= 1.0
     fx, fy = anatomy.fovea
@@ -560,6 +766,17 @@ def _rasterise(anatomy: _Anatomy, grid: _Grid) -> _Layers:
     masks = {k: (maps[k] > 0.35) & fov for k in LESION_KINDS}
     masks["leakage"] = (_leak_profile(leak_rho, _leak_state(600.0)) > 0.3) & fov
     art, vein, art_core, vein_core = _draw_vessels(anatomy.vessels, grid)
+    cf_maps = maps
+    if looks is not None:
+        # each kind's CF look at its own opacity, painted as the kind it is confused with; the CF-only
+        # details (new-vessel dots, the detachment's rim, ghost vessels) fade with it, or go with a swap
+        cf_maps = {k: zero.copy() for k in LESION_KINDS}
+        alpha = faint or {}
+        for kind in LESION_KINDS:
+            a = alpha.get(kind, 1.0)
+            cf_maps[looks[kind]] = np.maximum(cf_maps[looks[kind]], a * maps[kind])
+        for extra, kind in (("nv", "leakage"), ("rim", "pooling"), ("ghost", "nonperfusion")):
+            extras[extra] = extras[extra] * (alpha.get(kind, 1.0) if looks[kind] == kind else 0.0)
     return _Layers(
         fov=fov, radius=radius, art=art, vein=vein, art_core=art_core, vein_core=vein_core,
         disc=grid.soft(disc_rho / dr, dr, 0.15 * dr),
@@ -572,7 +789,7 @@ def _rasterise(anatomy: _Anatomy, grid: _Grid) -> _Layers:
         flush=np.clip(grid.texture(anatomy.grids["flush"], 0.35), 0.3, 1.7),
         capillary=grid.texture(anatomy.grids["capillary"], 0.12),
         mottle=grid.texture(anatomy.grids["mottle"], 0.25),
-        leak_rho=leak_rho, maps=maps, masks=masks, extras=extras)
+        leak_rho=leak_rho, maps=maps, masks=masks, extras=extras, cf_maps=cf_maps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,8 +813,11 @@ def _sig(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def _kinetics(t: float) -> dict[str, float]:
-    """Relative dye signal (0..1) of each compartment at t seconds after injection."""
+def _kinetics(t: float, rates: dict[str, float] | None = None) -> dict[str, float]:
+    """Relative dye signal (0..1) of each compartment at t seconds after injection (the dye arriving
+    at ~10 s). `rates`: per lesion kind, a multiplier of its speed (1 = the aligned preset's)."""
+    r = rates or {}
+    r_leak, r_stain, r_pool, r_window = (r.get(k, 1.0) for k in DYNAMIC_KINDS)
 
     def after(t0: float) -> float:
         return max(t - t0, 0.0)
@@ -617,16 +837,16 @@ def _kinetics(t: float) -> dict[str, float]:
         "disc": _sig((t - 11.0) / 0.8) * (0.3 + 0.7 * math.exp(-after(25.0) / 70.0))
         + 0.12 * (1.0 - math.exp(-after(30.0) / 200.0)),  # mild late staining of the disc
         "leakage": 0.2 * _sig((t - 11.9) / 0.55) * vessel_decay
-        + 0.85 * (1.0 - math.exp(-after(14.0) / 110.0)),
-        "staining": 1.0 - math.exp(-after(13.0) / 90.0),
-        "pooling": 1.0 - math.exp(-after(18.0) / 220.0),
-        "window_defect": choroid_rise * math.exp(-after(12.0) / 100.0),
+        + 0.85 * (1.0 - math.exp(-after(14.0) * r_leak / 110.0)),
+        "staining": 1.0 - math.exp(-after(13.0) * r_stain / 90.0),
+        "pooling": 1.0 - math.exp(-after(18.0) * r_pool / 220.0),
+        "window_defect": choroid_rise * math.exp(-after(12.0) * r_window / 100.0),
     }
 
 
-def _leak_state(t: float) -> tuple[float, float]:
+def _leak_state(t: float, rate: float = 1.0) -> tuple[float, float]:
     """Leakage radius (in onset radii) and edge softness at t: grows and blurs with time."""
-    g = 1.0 - math.exp(-max(t - 14.0, 0.0) / 150.0)
+    g = 1.0 - math.exp(-max(t - 14.0, 0.0) * rate / 150.0)
     return 1.0 + (LEAK_GROWTH - 1.0) * g, 0.08 + 0.3 * g
 
 
@@ -635,7 +855,15 @@ def _leak_profile(leak_rho: np.ndarray, state: tuple[float, float]) -> np.ndarra
     return 1.0 / (1.0 + np.exp(np.minimum((leak_rho - radius) / edge, 50.0)))
 
 
-def _render_ffa(layers: _Layers, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _render_ffa(layers: _Layers, times: np.ndarray, rng: np.random.Generator, shift: float = 0.0,
+                rates: dict[str, float] | None = None, strengths: dict[str, float] | None = None,
+                motion: np.ndarray | None = None, exposure: np.ndarray | None = None,
+                auto_gain: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """FFA frames at `times`. The nuisances (all off: the aligned preset): `shift` the dye's arrival
+    later than 10 s; `rates` / `strengths` per lesion kind; `motion` (T, 2, 3) the eye's
+    displacement of each frame from the reference; `exposure` (T, 2) a gain jitter and an offset per
+    frame, on top of an auto-gain that undoes the share `auto_gain[1]` of the field's departure
+    from the grey level `auto_gain[0]`. The gain applied is written back into `exposure[:, 0]`."""
     L = layers
     cover = np.maximum(L.art, L.vein)
     # Vessels hide part of the choroid behind them; the disc has no choroid or capillary bed.
@@ -653,15 +881,27 @@ def _render_ffa(layers: _Layers, times: np.ndarray, rng: np.random.Generator) ->
         "pooling": POOL_AMP * L.maps["pooling"],
         "window_defect": WINDOW_AMP * L.maps["window_defect"] * np.clip(L.mottle, 0.6, 1.4),
     }
+    if strengths is not None:
+        for kind in ("staining", "pooling", "window_defect"):
+            static[kind] = static[kind] * np.float32(strengths[kind])
+    leak_amp = LEAK_AMP * (strengths["leakage"] if strengths is not None else 1.0)
+    leak_rate = (rates or {}).get("leakage", 1.0)
     # Haemorrhage blocks everything beneath; non-perfused retina has no capillary bed and its
     # vessels are closed, leaving a dim choroidal glow.
     gain = ((1.0 - 0.85 * L.maps["blocked"]) * (1.0 - 0.5 * L.maps["nonperfusion"])
             * (1.0 - 0.25 * L.radius ** 3) * L.fov).astype(np.float32)
     has_leak = bool(np.isfinite(L.leak_rho).any())
 
+    if motion is not None:
+        # the eye moves behind a fixed camera: the tissue's own gain moves with it, the camera's
+        # vignetting and field of view do not
+        tissue = ((1.0 - 0.85 * L.maps["blocked"]) * (1.0 - 0.5 * L.maps["nonperfusion"])).astype(np.float32)
+        lens = ((1.0 - 0.25 * L.radius ** 3) * L.fov).astype(np.float32)
+    size = L.fov.shape[::-1]
     frames = np.empty((len(times),) + L.fov.shape, np.uint8)
     for i, t in enumerate(times):
-        k = _kinetics(float(t))
+        t = float(t) - shift
+        k = _kinetics(t, rates)
         frame = np.full(L.fov.shape, BASE, np.float32)
         for name, layer in static.items():
             frame += k[name] * layer
@@ -670,8 +910,18 @@ def _render_ffa(layers: _Layers, times: np.ndarray, rng: np.random.Generator) ->
         frame += VESSEL_AMP * np.maximum(k["artery"] * L.art,
                                          wall * L.vein - (wall - core) * L.vein_core)
         if has_leak:
-            frame += LEAK_AMP * k["leakage"] * _leak_profile(L.leak_rho, _leak_state(float(t)))
-        frame *= gain
+            frame += leak_amp * k["leakage"] * _leak_profile(L.leak_rho, _leak_state(t, leak_rate))
+        if motion is None:
+            frame *= gain
+        else:
+            frame *= tissue
+            frame = cv2.warpAffine(frame, motion[i], size, flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REFLECT_101) * lens
+        if exposure is not None:
+            target, strength = auto_gain
+            level = max(float(frame[L.fov].mean()), 1.0)
+            exposure[i, 0] *= (target / level) ** strength
+            frame = frame * np.float32(exposure[i, 0]) + np.float32(exposure[i, 1]) * L.fov
         frame += rng.standard_normal(frame.shape, dtype=np.float32) * NOISE_STD
         # inside the FOV never below 3 (the FOV must stay detectable), 0 outside
         frames[i] = np.clip(frame, 3.0, 255.0) * L.fov
@@ -695,7 +945,9 @@ def _mix(img: np.ndarray, colour, alpha: np.ndarray) -> None:
 
 
 def _render_cf(anatomy: _Anatomy, layers: _Layers, grid: _Grid,
-               rng: np.random.Generator) -> np.ndarray:
+               rng: np.random.Generator, camera: dict | None = None) -> np.ndarray:
+    """The colour photo. With `camera` (misregistration) it is taken by another camera: the fundus
+    seen through `camera["ref_to_cf"]`, with that camera's own circular field and vignetting."""
     L, cast = layers, anatomy.cast.astype(np.float32)
     img = np.empty((grid.size, grid.size, 3), np.float32)
     img[:] = cast
@@ -709,7 +961,7 @@ def _render_cf(anatomy: _Anatomy, layers: _Layers, grid: _Grid,
     _mix(img, cast * np.array([0.85, 0.55, 0.6], np.float32), 0.85 * L.art)
     _mix(img, cast * np.array([1.1, 1.1, 1.2], np.float32), 0.35 * L.art_core)  # light reflex
 
-    M, E = L.maps, L.extras
+    M, E = L.cf_maps, L.extras
     _mix(img, EXUDATE_RGB, 0.35 * M["leakage"] * (1.0 - E["nv"]))
     _mix(img, cast * np.array([0.6, 0.25, 0.3], np.float32), 0.85 * E["nv"])
     _mix(img, DRUSEN_RGB, 0.75 * M["staining"])
@@ -721,11 +973,22 @@ def _render_cf(anatomy: _Anatomy, layers: _Layers, grid: _Grid,
     _mix(img, cast * 1.15, 0.12 * M["nonperfusion"])
     _mix(img, GHOST_RGB, 0.6 * E["ghost"])
 
+    fov, radius, gx, gy = L.fov, L.radius, grid.x, grid.y
+    if camera is not None:
+        size = grid.size
+        img = cv2.warpAffine(img, camera["ref_to_cf"], (size, size), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT_101)
+        offset, r = camera["cf_fov"]
+        px = np.arange(size, dtype=np.float32)
+        cx, cy = (0.5 + offset) * size - 0.5
+        gx, gy = ((px - cx) / (r * size))[None, :], ((px - cy) / (r * size))[:, None]
+        radius = np.sqrt(gx ** 2 + gy ** 2)
+        fov = radius <= 1.0
     # vignetting plus a gentle illumination gradient across the field
-    light = (np.cos(anatomy.light_dir) * grid.x + np.sin(anatomy.light_dir) * grid.y)
-    img *= ((1.0 - 0.45 * L.radius ** 3) * (1.0 + 0.08 * light))[..., None]
+    light = (np.cos(anatomy.light_dir) * gx + np.sin(anatomy.light_dir) * gy)
+    img *= ((1.0 - 0.45 * radius ** 3) * (1.0 + 0.08 * light))[..., None]
     sigma = 0.0035 * grid.size
     img = cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0.3 else img
     img = img * 255.0 + rng.standard_normal(img.shape, dtype=np.float32) * 2.0
     img[..., 1] = np.maximum(img[..., 1], 13.0)  # the project's FOV detector: green > 11
-    return (np.clip(img, 0.0, 255.0) * L.fov[..., None]).astype(np.uint8)
+    return (np.clip(img, 0.0, 255.0) * fov[..., None]).astype(np.uint8)

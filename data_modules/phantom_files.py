@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from pathlib import Path
@@ -15,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fundus2video.data_modules.phantom import make_case
+from fundus2video.data_modules.phantom import PRESETS, Nuisances, make_case
 from fundus2video.errors import UserError
 from fundus2video.io import atomic_path
 from fundus2video.limits import MAX_SIZE
 from fundus2video.video_io import write_mp4, write_png
 
-CASE_FILE = re.compile(r"cf\.png|lesion(_[a-z_]+)?\.png|vessels\.png|ffa\.mp4|ffa/\d{3}\.png")
+CASE_FILE = re.compile(r"cf\.png|lesion(_[a-z_]+)?\.png|vessels\.png|ffa\.mp4|ffa/\d{3}\.png|truth\.json")
 
 
 def _phantom_entries(out: Path) -> list[Path] | None:
@@ -46,8 +47,14 @@ MIN_SIZE = 32  # below, the vessels are sub-pixel (above MAX_SIZE one frame take
 
 def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int = 12,
                   video: str = "mp4", seed: int = 0, start: int = 0, fps: int = 4,
-                  progress: bool = True, overwrite: bool = False) -> Path:
-    """Cases `start .. start + n_cases - 1` of the phantom as case folders under `out`."""
+                  progress: bool = True, overwrite: bool = False, preset: str = "aligned") -> Path:
+    """Cases `start .. start + n_cases - 1` of the phantom as case folders under `out`. With nuisances
+    (`preset` realistic), each folder also gets `truth.json`: the frames' times, the arrival, the
+    camera's gain and offset per frame, the eye's motion (`frame_to_ref`: the 2 x 3 affine that maps
+    frame k's pixels onto frame 0's, as cv2.warpAffine takes it) and the CF's (`cf_to_ref`)."""
+    nuisances = Nuisances.preset(preset) if preset in PRESETS else None
+    if nuisances is None:
+        raise UserError(f"--preset: '{preset}' (expected one of {', '.join(PRESETS)})")
     if video not in ("mp4", "png"):
         raise ValueError(f"video must be 'mp4' or 'png', got '{video}'")
     out = Path(out)
@@ -71,7 +78,7 @@ def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int 
     rows = []
     for i in tqdm(range(start, start + n_cases), desc=f"writing phantom ({video})", unit="case", delay=0.5,
                   disable=not progress, leave=False):
-        case = make_case(i, size=size, n_frames=n_frames, seed=seed)
+        case = make_case(i, size=size, n_frames=n_frames, seed=seed, nuisances=nuisances)
         case_dir = out / case.case_id
         write_png(case_dir / "cf.png", case.cf)
         write_png(case_dir / "lesion.png", case.lesion.astype(np.uint8) * 255)
@@ -79,6 +86,12 @@ def write_phantom(out: str | Path, n_cases: int, size: int = 256, n_frames: int 
             if mask.any():
                 write_png(case_dir / f"lesion_{kind}.png", mask.astype(np.uint8) * 255)
         write_png(case_dir / "vessels.png", case.vessels.astype(np.uint8) * 255)
+        if nuisances.any():
+            truth = {"times": case.times.tolist(), "arrival": case.arrival, "looks": case.looks,
+                     **{k: None if getattr(case, k) is None else np.round(getattr(case, k), 6).tolist()
+                        for k in ("exposure", "frame_to_ref", "cf_to_ref")}}
+            with atomic_path(case_dir / "truth.json") as tmp:
+                tmp.write_text(json.dumps(truth) + "\n")
         if video == "mp4":
             write_mp4(case_dir / "ffa.mp4", np.repeat(case.frames[..., None], 3, axis=3), fps=fps)
         else:

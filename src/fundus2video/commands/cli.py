@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--frames", type=int, default=12, help="FFA frames per case")
     ph.add_argument("--video", choices=("mp4", "png"), default="mp4", help="ffa.mp4 or ffa/NNN.png")
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--preset", default="aligned",
+                    help="aligned (frames and CF in register) or realistic (clinical nuisances, with truth.json)")
     ph.add_argument("--overwrite", action="store_true", help="replace a phantom already written to --out")
     dcm = data_sub.add_parser("import-dicom", help="turn clinical DICOM (CF photos, angiograms) into case folders",
                               description="Read Ophthalmic Photography DICOM under SRC (headers first), pair each "

@@ -29,8 +29,9 @@ def cmd_data_phantom(args: argparse.Namespace) -> int:
     from fundus2video.data_modules.phantom_files import write_phantom
 
     out = write_phantom(args.out, args.cases, size=args.size, n_frames=args.frames, video=args.video,
-                        seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {args.cases} phantom cases ({args.video}, {args.size} px, {args.frames} frames) to {out}")
+                        seed=args.seed, overwrite=args.overwrite, preset=args.preset)
+    print(f"wrote {args.cases} phantom cases ({args.preset}, {args.video}, {args.size} px, {args.frames} frames) "
+          f"to {out}")
     return 0
 
 
