@@ -41,6 +41,16 @@ class PhantomConfig:
     n_test: int = 4  # test cases
     render_size: int = 0  # size the phantom is drawn at before ROI crop; 0 = data.size
     seed: int = 0  # base seed of the phantom's anatomy
+    # aligned (frames and CF in register, first frame as the dye arrives: the knowledge mask is the
+    # lesions) | realistic (every clinical nuisance below on); docs/PHANTOM.md
+    preset: str = choice("aligned", "realistic")
+    # each nuisance on or off whatever the preset ("preset": as the preset says)
+    release_sampling: str = choice("preset", "on", "off")  # first frame from AV/V, per-patient arrival
+    patient_kinetics: str = choice("preset", "on", "off")  # per-eye rate and strength of each kind
+    exposure: str = choice("preset", "on", "off")  # per-frame camera gain and offset
+    eye_motion: str = choice("preset", "on", "off")  # translation, rotation, scale between frames
+    misregistration: str = choice("preset", "on", "off")  # CF from another camera
+    cf_ambiguity: str = choice("preset", "on", "off")  # faint, confusable CF looks
 
 
 @dataclass
@@ -137,6 +147,9 @@ class ModelConfig:
     # the mask guiding KBA, the knowledge-aware D and PatchNCE: knowledge (|early - late| > t),
     # lesion (masks given with the data), none (all ones)
     mask_source: str = choice("knowledge", "lesion", "none")
+    # unsigned (the paper) | signed: the knowledge-aware D judges where the real video brightens and
+    # where it darkens as two separate masked views (KBA and PatchNCE keep the unsigned mask)
+    km_sign: str = choice("unsigned", "signed")
     # weight initialisation of G and D: normal (pix2pixHD: conv weights ~ N(0, 0.02)) | pytorch
     # (PyTorch's defaults; converges faster for the narrow networks of CPU demos)
     init: str = choice("normal", "pytorch")
@@ -157,6 +170,7 @@ class LossConfig:
     vgg: float = 10.0  # VGG19 perceptual loss (needs vgg_weights)
     gv: float = 5.0  # gradient variance (Sobel gradients, gv_patch x gv_patch patches)
     nce: float = 1.0  # mask-enhanced PatchNCE
+    nce_masked: bool = True  # PatchNCE's inputs multiplied by the mask (false: CUT's plain PatchNCE)
     kad: float = 1.0  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
     att: float = 1.0  # KBA auxiliary loss: BCE(attention, mask resized)
     l1: float = 0.0  # plain L1 to the real frames (not in the paper; for quick CPU demos)
@@ -417,6 +431,9 @@ def _check(cfg: DictConfig) -> None:
     need(cfg.data.n_frames >= 2, "data.n_frames: need at least 2 frames (one to condition, one to predict)")
     need(cfg.model.window >= 1, "model.window: K must be >= 1")
     need(0.0 < cfg.data.km_threshold < 1.0, "data.km_threshold: expected a value in (0, 1)")
+    need(cfg.model.km_sign == "unsigned" or (cfg.model.mask_source != "none" and cfg.loss.kad > 0),
+         f"model.km_sign=signed splits the knowledge-aware D's masked view by the sign of the change; it needs "
+         f"a mask (model.mask_source is {cfg.model.mask_source}) and loss.kad > 0 (it is {cfg.loss.kad})")
     for key in ("limit_train_batches", "limit_val_batches"):
         value = cfg.trainer[key]
         need(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0

@@ -177,11 +177,17 @@ class Fundus2VideoModule(L.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def _mask(self, batch: dict) -> torch.Tensor:
-        """The guiding mask (B, 1, H, W) of `model.mask_source`."""
+        """The guiding mask of `model.mask_source`: (B, 1, H, W), or with `model.km_sign=signed`
+        (B, 2, H, W), where the real video brightens (first to last frame) and where it darkens."""
         source = self.cfg.model.mask_source
         if source == "none":
             return torch.ones_like(batch["km"])
-        return batch["lesion"] if source == "lesion" else batch["km"]
+        mask = batch["lesion"] if source == "lesion" else batch["km"]
+        if self.cfg.model.km_sign == "signed":
+            frames = batch["frames"]
+            brighter = (frames[:, -1] > frames[:, 0]).to(mask.dtype)  # (B, 1, H, W)
+            mask = torch.cat([mask * brighter, mask * (1 - brighter)], dim=1)
+        return mask
 
     def _vgg(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """K = 3 frames go into VGG as the three colour channels, as in the release; other K
@@ -210,9 +216,12 @@ class Fundus2VideoModule(L.LightningModule):
             terms["g_vgg"] = self._vgg(fake, target)
         if w.gv > 0:
             terms["g_gv"] = self.gv_loss(fake, target)
+        # KBA's target and PatchNCE's mask are unsigned: the signed mask splits only the KAD's views
+        union = km.amax(dim=1, keepdim=True) if km.shape[1] > 1 else km
         if w.nce > 0:
+            nce_mask = union if w.nce_masked else torch.ones_like(union)
             terms["g_nce"], nce_parts = mask_enhanced_nce(
-                self.generator.encode, self.projector, cf, fake, target, km, list(w.nce_layers), w.nce_patches,
+                self.generator.encode, self.projector, cf, fake, target, nce_mask, list(w.nce_layers), w.nce_patches,
                 w.nce_temperature, identity=w.nce_identity, in_channels=cf.shape[1] + fake.shape[1],
                 generator=nce_rng)
             # logged only: the CF -> fake term and the identity (real -> fake) term
@@ -220,7 +229,7 @@ class Fundus2VideoModule(L.LightningModule):
         if pred_fake_km is not None:
             terms["g_gan_km"] = generator_kad_term(pred_fake_km)
         if attention:
-            terms["g_att"] = kba_loss(attention, km)
+            terms["g_att"] = kba_loss(attention, union)
         if w.l1 > 0:
             terms["g_l1"] = self.l1_loss(fake, target)
         return terms

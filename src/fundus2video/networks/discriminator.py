@@ -73,11 +73,14 @@ class KnowledgeAwareDiscriminator(MultiscaleDiscriminator):
     def judge(self, x: torch.Tensor, km: torch.Tensor) -> tuple[list[list[torch.Tensor]],
                                                                 list[list[torch.Tensor]] | None]:
         """(D(x), D(x * km)), the second None without `knowledge_aware`. Both in one batched call
-        (D is per sample: convolutions and instance norm), split back."""
+        (D is per sample: convolutions and instance norm), split back. A km of C > 1 channels (the
+        signed mask: brightening, darkening) gives C masked views of each sample, judged alike; the
+        second output then holds C x B samples, so its LSGAN mean weighs the views equally."""
         if not self.knowledge_aware:
             return self(x), None
         n = x.shape[0]
-        outs = self(torch.cat([x, x * km], dim=0))
+        views = [x * km[:, c:c + 1] for c in range(km.shape[1])]
+        outs = self(torch.cat([x, *views], dim=0))
         return [[f[:n] for f in scale] for scale in outs], [[f[n:] for f in scale] for scale in outs]
 
 
