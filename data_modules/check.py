@@ -3,6 +3,11 @@
 Used by `fundus2video data check PATH` and, before training, by the DataModule: a bad case
 stops training with the same list unless `data.skip_bad_cases` is set. Nothing is dropped
 silently.
+
+Where a case carries a lesion mask (`lesion.png`: the dynamic lesions), the report also gives the
+knowledge mask's IoU with it inside the field of view (`km_lesion_iou`, the table's `km/lesion`,
+and its median over the set): how far the unsupervised mask that guides the method is from the
+annotated lesions.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class CaseReport:
     image_size: str = ""  # W x H of the CF
     roi_fraction: float = float("nan")  # share of the CF inside the field of view
     km_fraction: float = float("nan")  # share of the field of view inside the knowledge mask
+    # IoU of the knowledge mask with the lesion mask in the field of view: NaN without a lesion
+    # mask, or when both are empty
+    km_lesion_iou: float = float("nan")
     problem: str = ""  # empty when the case is usable
 
     @property
@@ -67,7 +75,7 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
         report.problem = f"all-white frame(s): {', '.join(white[:4])}{' ...' if len(white) > 4 else ''}"
         return report
     try:
-        crop = crop_to_roi(raw.cf, raw.frames)
+        crop = crop_to_roi(raw.cf, raw.frames, {"lesion": raw.lesion} if raw.lesion is not None else None)
     except ValueError:
         report.problem = "empty field of view: no pixel has CF green > 11 and every frame > 2"
         return report
@@ -77,6 +85,11 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
     roi_small = cv2.resize(roi.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
     km = knowledge_mask(small[0], small[1], km_threshold) & roi_small
     report.km_fraction = float(km.sum()) / max(1, int(roi_small.sum()))
+    if raw.lesion is not None:  # resized as the datasets resize masks (nearest)
+        lesion = cv2.resize(crop["lesion"].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        lesion &= roi_small
+        union = int((km | lesion).sum())
+        report.km_lesion_iou = float((km & lesion).sum()) / union if union else float("nan")
     return report
 
 
@@ -101,11 +114,12 @@ def check_records(records: list[CaseRecord], size: int, min_frames: int, per_pha
 def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
     """A plain-text table, one row per case, then the bad cases with their reasons. `n_frames`: the
     frames per video asked for (`data.n_frames`), to name the cases that have fewer."""
-    header = ["case", "patient", "eye", "frames", "phases", "size", "roi", "km", "status"]
+    header = ["case", "patient", "eye", "frames", "phases", "size", "roi", "km", "km/lesion", "status"]
     rows = [[r.case_id, r.patient_id, r.eye or "-", str(r.n_frames) if r.n_frames else "-",
              r.phases or "-", r.image_size or "-",
              "-" if np.isnan(r.roi_fraction) else f"{r.roi_fraction:.0%}",
              "-" if np.isnan(r.km_fraction) else f"{r.km_fraction:.1%}",
+             "-" if np.isnan(r.km_lesion_iou) else f"{r.km_lesion_iou:.2f}",
              "ok" if r.ok else "BAD"] for r in reports]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
@@ -116,10 +130,22 @@ def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
     out.append("")
     out.append(f"{len(reports)} cases, {len(good)} ok, {len(bad)} bad"
                + (f"; frames per case {min(frames)}..{max(frames)}" if frames else ""))
+    if line_iou := km_lesion_line(good):
+        out.append(line_iou)
     out += [f"BAD {r.case_id}: {r.problem}" for r in bad]
     if note := short_note(good, n_frames):
         out.append(f"NOTE {note}")
     return "\n".join(out)
+
+
+def km_lesion_line(good: list[CaseReport]) -> str:
+    """One line summing up the knowledge mask's IoU with the lesion masks over the cases that have
+    one, or ''."""
+    ious = [r.km_lesion_iou for r in good if not np.isnan(r.km_lesion_iou)]
+    if not ious:
+        return ""
+    return (f"knowledge mask vs lesion mask: IoU median {np.median(ious):.2f} (min {min(ious):.2f}, max "
+            f"{max(ious):.2f}) over {len(ious)} case(s) with a lesion mask")
 
 
 def short_note(good: list[CaseReport], n_frames: int) -> str:

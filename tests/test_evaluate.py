@@ -66,6 +66,14 @@ def test_evaluate_writes_every_output_with_both_protocols(trained):
         phases = list(csv.DictReader(f))
     assert sum(int(p["frames"]) for p in phases) == 30 and len(phases) >= 2
     assert (out / "contact_sheet.png").stat().st_size > 0
+    # the phantom carries its lesions: the case-by-case kinetics, against the training split's constant
+    for name in ("rise_skill_all", "rise_corr_all", "direction_acc_all", "rise_mae_all", "const_rise_mae_all"):
+        assert name in m, name
+    assert m["n_all"] >= 3 and report["const_rise_source"].startswith("train")
+    assert "checkpoint's training split" in report["settings"]["const_rise"]
+    cases = json.loads((out / "kinetics_cases.json").read_text())
+    assert [c["case_id"] for c in cases] == [r["case_id"] for r in rows]
+    assert all(len(k["real"]) == 10 for c in cases for k in c["kinds"].values())
 
 
 def test_missing_weights_skip_only_that_metric_loudly(trained, capsys, monkeypatch, tmp_path):
@@ -87,10 +95,11 @@ def test_missing_weights_skip_only_that_metric_loudly(trained, capsys, monkeypat
     assert "fvd" in printed and "SKIPPED:" in printed
     report = json.loads((root / "eval_paper" / "metrics.json").read_text())
     # the paper protocol's image metrics, and the lesion kinetics (the phantom carries its lesions)
-    image = {k for k in report["metrics"] if not k.startswith(("curve_mae", "lesion_rise", "real_", "false_bright",
-                                                              "time_corr"))}
+    kinetics = ("curve_mae", "lesion_rise", "real_", "false_", "time_corr", "rise_", "const_rise_", "direction_",
+                "n_", "km_iou")
+    image = {k for k in report["metrics"] if not k.startswith(kinetics)}
     assert image == {"paper_psnr", "paper_ssim"}
-    assert {"lesion_rise", "curve_mae", "false_bright", "time_corr"} <= set(report["metrics"])
+    assert {"lesion_rise", "curve_mae", "false_bright", "time_corr", "rise_skill_all"} <= set(report["metrics"])
 
 
 def test_evaluate_errors_name_the_input(trained, tmp_path, capsys):
@@ -125,6 +134,21 @@ def test_training_split_is_scored_deterministically(tiny, tmp_path):
         assert torch.equal(sample["cf"], plain["cf"]) and torch.equal(sample["frames"], plain["frames"])
     out = evaluate(ckpt, split="train", protocol="standard", out=tmp_path / "a")
     assert (out / "contact_sheet.png").stat().st_size > 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["const_rise_source"] == "train"  # the scored split is the training split: every kind is in it
+    # the checkpoint's data gone: scoring the phantom still works, the constant is the scored set's own
+    (tmp_path / "cases").rename(tmp_path / "moved")
+    out = evaluate(ckpt, data="phantom", split="test", protocol="standard", out=tmp_path / "b")
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["const_rise_source"] == "scored set"
+    assert "cannot be read" in report["settings"]["const_rise"]
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    kinds = [k[len("n_"):] for k in report["metrics"] if k.startswith("n_") and k != "n_all"]
+    assert kinds
+    for kind in kinds:
+        real = [float(r[f"real_rise_{kind}"]) for r in rows if r[f"real_rise_{kind}"]]
+        assert report["metrics"][f"const_rise_{kind}"] == pytest.approx(sum(real) / len(real), abs=1e-4), kind
 
 
 def test_the_output_folder_is_checked_first_and_sits_beside_a_loose_checkpoint(trained, tmp_path, capsys):

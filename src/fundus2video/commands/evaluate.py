@@ -9,16 +9,41 @@ Two protocols (docs/METHOD.md, "Evaluation"), chosen with `--protocol` (default:
   paper     the release's formulas exactly: [-1, 1] tensors into [0, 1] code (PSNR 6.02 dB lower),
             its SSIM, and FVD per single video over clip lengths 10..T, averaged.
   kinetics  with either protocol, where the cases carry lesion annotations (the phantom, or
-            `lesion.png` / `lesion_<kind>.png` / `vessels.png` in the case folders): per lesion
-            kind the mean-intensity curve, real against generated, and its error; lesion_rise and
-            its ratio to the real one; false brightening; time_corr (metrics/kinetics.py).
+            `lesion.png` / `lesion_<kind>.png` / `vessels.png` in the case folders), each lesion
+            judged case by case (metrics/kinetics.py's docstring defines each score):
+              per case   rise_<kind> / real_rise_<kind> (last - first frame mean intensity inside
+                         the kind's mask, generated / real), curve_mae_<kind> and curve_mae (lower
+                         is better), lesion_rise / real_lesion_rise of the dynamic lesions and
+                         rise_error = |lesion_rise - real_lesion_rise| (lower is better),
+                         false_bright / false_dark (background brightening / darkening beyond the
+                         knowledge-mask threshold; lower is better; real_false_bright /
+                         real_false_dark the real video's), time_corr (higher is better), km_iou
+                         (the knowledge mask against the dynamic lesions: a property of the data)
+              over cases for each kind k and `all` (every (case, kind) pair):
+                         rise_skill_<k> (1 - SSE / the constant predictor's SSE: 1 perfect, 0 no
+                         better than predicting const_rise_<k> for every case, < 0 worse),
+                         rise_corr_<k> (Pearson r across cases; NaN with < 3 cases or a rise
+                         constant across cases), rise_mae_<k> against const_rise_mae_<k> (lower is
+                         better), direction_acc_<k> (sign agreement where the real |rise| >= 10/255,
+                         direction_n_<k> of them; higher is better), n_<k>; the means of every
+                         per-case value; lesion_rise_ratio (set means only: blind to per-case errors)
+            const_rise_<k> is the mean real rise of kind k over the training split of the
+            checkpoint's own data (real videos only, read as scoring reads them: nothing is
+            generated); where that split cannot be read or lacks the kind, the scored set's own mean.
+            metrics.json's `const_rise_source` says which: "train", "scored set", or "train; scored
+            set for <kinds>".
 A metric whose weights file is not given or not found is skipped, with a warning and a line in
 `metrics.json` under "skipped"; the rest still run.
 
 Writes into `--out` (default: `<run dir>/eval/<split>-<data>`): `metrics.json` (aggregates with
 every setting), `per_case.csv`, `per_phase.csv` (when the frames' phases are known) and
 `contact_sheet.png` (CF, real and generated frames of the first cases) and, with lesion
-annotations, `kinetics.png` (the per-kind curves).
+annotations, `kinetics.png` (the per-kind curves over the set), `kinetics_cases.png` (per kind,
+each case's generated against real rise, with the identity and the constant predictor) and
+`kinetics_cases.json`: one item per case, {"case_id", "patient_id", "times": [T seconds],
+"kinds": {kind: {"real": [T], "fake": [T] mean intensities, "px": mask pixels}}, "km_iou"}
+(5 digits, null for NaN), from which the per-kind scores (rise_*, curve_mae_*, direction_*) and
+km_iou can be recomputed without the model.
 """
 
 from __future__ import annotations
@@ -54,7 +79,7 @@ from fundus2video.metrics.image import (
     VideoSSIM,
     msssim_min_side,
 )
-from fundus2video.metrics.kinetics import LesionKinetics, kinetics_plot
+from fundus2video.metrics.kinetics import LesionKinetics, kinetics_plot, reference_rise, rise_plot
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.video_io import write_png
 from fundus2video.visuals import enlarge, label_band, to_uint8
@@ -67,9 +92,9 @@ MASKED = {**{f"{m}{suffix}": mask for suffix, mask in REGIONS.items() for m in (
           "temporal_error": "roi"}
 
 
-def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, split: str) -> list:
-    """The cases to score: the checkpoint's own data (and its run's split.csv) unless `data` names
-    `phantom`, a folder of case folders or a manifest CSV."""
+def _datamodule(module: Fundus2VideoModule, ckpt: Path, data: str | None) -> Fundus2VideoDataModule:
+    """The checkpoint's own data (and its run's split.csv) unless `data` names `phantom`, a folder of
+    case folders or a manifest CSV; every split read as validation reads it, with the lesion masks."""
     cfg = to_plain(module.cfg.data)
     if data == "phantom":
         cfg["source"] = "phantom"
@@ -85,10 +110,12 @@ def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, sp
         cfg["split"]["file"] = str(run_split)  # the cases this run held out
     dm = Fundus2VideoDataModule(cfg, min_frames=module.cfg.model.window + 1, evaluation=True)
     dm.setup()  # data that cannot be read stops here, before anything is said about it
-    if data and split != "all":
-        log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
     for dataset in dm.datasets.values():
         dataset.with_regions = True  # per-kind lesion and vessel masks, where the data has them
+    return dm
+
+
+def _split_cases(dm: Fundus2VideoDataModule, split: str) -> list:
     if split == "all":
         return [s for name in ("train", "val", "test") for s in dm.datasets[name]]
     if split not in dm.datasets:
@@ -98,13 +125,46 @@ def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, sp
     return list(dm.datasets[split])
 
 
+def evaluation_data(module: Fundus2VideoModule, ckpt: Path, data: str | None, split: str) -> list:
+    """The cases to score: the checkpoint's own data (and its run's split.csv) unless `data` names
+    `phantom`, a folder of case folders or a manifest CSV."""
+    dm = _datamodule(module, ckpt, data)
+    if data and split != "all":
+        log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
+    return _split_cases(dm, split)
+
+
+def training_rise(module: Fundus2VideoModule, ckpt: Path, own: Fundus2VideoDataModule | None = None,
+                  progress: bool = True) -> tuple[dict[str, float], str]:
+    """The constant predictor of the kinetics skill scores: the mean real lesion rise per kind over the
+    training split of the checkpoint's own data (`own`: its DataModule, when already set up), read
+    exactly as scoring reads cases, without generating anything. Returns the means and how they were
+    had; empty means when that split cannot be read or has no lesion annotations (the scores then
+    fall back to the scored set's own mean)."""
+    try:
+        dm = own if own is not None else _datamodule(module, ckpt, None)
+        train = dm.datasets["train"]
+        samples = (train[i] for i in tqdm(range(len(train)), desc="training split's lesion rise", unit="case",
+                                          disable=not progress, leave=False, delay=1.0))
+        means, n = reference_rise(samples)
+    except UserError as err:  # its data moved, changed or went bad since training: say so, score anyway
+        log.warning("the constant predictor falls back to the scored set: the checkpoint's training split "
+                    "cannot be read (%s)", err)
+        return {}, f"the checkpoint's training split cannot be read ({err})"
+    if not means:
+        log.info("the constant predictor falls back to the scored set: the checkpoint's training split has no "
+                 "lesion annotations")
+        return {}, f"the checkpoint's training split ({len(train)} cases) has no lesion annotations"
+    return means, f"mean real rise per kind over the {n} annotated cases of the checkpoint's training split"
+
+
 class Scores:
     """The metrics of the chosen protocols, aggregate and per case (one fresh set per case, merged
     into the aggregate, so nothing is computed twice)."""
 
     def __init__(self, protocol: str, size: int, i3d: str | None = None, lpips: str | None = None,
                  lpips_net: str = "vgg", i3d_size: int = 224, km_threshold: float = KM_THRESHOLD,
-                 device: str = "cpu"):
+                 device: str = "cpu", reference_rise: dict[str, float] | None = None):
         self.device = torch.device(device)  # every metric, I3D and LPIPS included, computes there
         self.standard = protocol in ("standard", "both")
         self.paper = protocol in ("paper", "both")
@@ -127,7 +187,8 @@ class Scores:
         self.aggregate = self.make()
         self.phases: dict[str, tuple[VideoPSNR, VideoSSIM]] = {}
         self.n_videos = 0
-        self.kinetics = LesionKinetics(km_threshold)
+        # reference_rise: the training split's mean real rise per lesion kind (training_rise)
+        self.kinetics = LesionKinetics(km_threshold, reference_rise)
         self.fvd = None
         if self.standard and self.i3d is not None:
             from fundus2video.metrics.fvd import FrechetVideoDistance
@@ -287,15 +348,32 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     if file_in_the_way(out) is not None:
         raise UserError(f"--out {out}: a file is in the way (expected a folder, new or to be added to)")
     module = load_module(ckpt, device)
-    samples = evaluation_data(module, ckpt, data, split)
+    dm = _datamodule(module, ckpt, data)
+    if data and split != "all":
+        log.info("--data given: cases split by patient with the checkpoint's fractions and seed")
+    samples = _split_cases(dm, split)
     size = module.cfg.data.size
-    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold, device)
+    annotated = any(LesionKinetics.applies(s) for s in samples)
+    reference, reference_note = training_rise(module, ckpt, None if data else dm) if annotated else ({}, "")
+    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold, device,
+                    reference)
     case_rows, sheet = score_samples(module, samples, scores, device, bf16, sheet_cases, desc=f"evaluating {split}")
     results = scores.results()
+    kinetics = scores.kinetics
+    if kinetics.rows:
+        source = kinetics.const_rise_source()
+        if source == "train":
+            how = reference_note
+        elif source == "scored set":
+            how = f"the scored set's own mean real rise per kind, because {reference_note}"
+        else:
+            how = f"{reference_note}; the scored set's own mean for the kinds that split lacks ({source})"
+        scores.settings["const_rise"] = f"the constant predictor of rise_skill_<kind>: {how}"
     report = {
         "checkpoint": str(ckpt.resolve()), "data": data or f"checkpoint's own ({module.cfg.data.source})",
         "split": split, "n_cases": len(samples), "size": size, "bf16": bf16,
         "metrics": {k: _fmt(v) for k, v in results.items()}, "skipped": scores.skipped,
+        **({"const_rise_source": kinetics.const_rise_source()} if kinetics.rows else {}),
         "settings": {**scores.settings, "standard": "frames in [0, 1]; psnr/ssim: mean over frames of per-frame "
                      "scores; _fov/_km/_lesion: restricted to that mask; temporal_error: mean |d fake - d real| "
                      "of consecutive frames in the field of view",
@@ -314,9 +392,16 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
             writer.writeheader()
             writer.writerows(phases)
     write_png(out / "contact_sheet.png", contact_sheet(sheet))
-    curves = scores.kinetics.curves()
+    curves = kinetics.curves()
     if curves:
         kinetics_plot(curves, out / "kinetics.png", f"{split} split, {len(samples)} cases: real vs generated")
+    if kinetics.rows:
+        with atomic_path(out / "kinetics_cases.json") as tmp:
+            tmp.write_text(json.dumps(kinetics.cases, separators=(",", ":")) + "\n")
+        rises = kinetics.rises()
+        if rises:
+            rise_plot(rises, results, out / "kinetics_cases.png",
+                      f"{split} split: lesion rise per case, generated vs real")
     return out
 
 
@@ -336,5 +421,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, reason in report["skipped"].items():
         print(f"  {name:<{width}}  SKIPPED: {reason}")
     print(f"written: {out}/metrics.json, per_case.csv, contact_sheet.png"
-          + "".join(f", {name}" for name in ("per_phase.csv", "kinetics.png") if (out / name).is_file()))
+          + "".join(f", {name}" for name in ("per_phase.csv", "kinetics.png", "kinetics_cases.json",
+                                              "kinetics_cases.png") if (out / name).is_file()))
     return 0
