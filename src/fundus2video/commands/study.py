@@ -41,9 +41,13 @@ from fundus2video.io import atomic_path
 
 log = logging.getLogger("fundus2video")
 
-# the scores a unit keeps per test case (the report's bootstrap resamples them)
+# the per-test-case scores the report reads first; a unit keeps every numeric column of evaluate's
+# per_case.csv (the kinetics' per-kind rises among them), so later analyses need no checkpoint
 CASE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "psnr_km", "curve_mae", "lesion_rise",
              "real_lesion_rise", "false_bright", "time_corr")
+# what an `analysis:` section of a spec may declare (the report applies it as written)
+ANALYSIS_KEYS = {"unit", "test", "alpha", "correction", "primary", "secondary", "claims", "margins",
+                 "power_targets", "skill_reference"}
 # the scores of the learning curve (validation cases, after every epoch)
 CURVE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "real_lesion_rise",
               "lesion_rise_ratio", "false_bright", "time_corr")
@@ -58,6 +62,13 @@ class StudySpec:
     reference: str = "fundus2video"
     baseline: str = "pix2pixhd"
     overrides: list[str] = field(default_factory=list)
+    analysis: dict = field(default_factory=dict)  # the declared analysis (empty: the first study's rules)
+
+    def analysis_id(self) -> str:
+        """A short hash of the declared analysis: every unit records the one it was trained under."""
+        if not self.analysis:
+            return ""
+        return hashlib.sha256(json.dumps(self.analysis, sort_keys=True).encode()).hexdigest()[:12]
 
     def budget_overrides(self) -> list[str]:
         """The budget as `key=value` overrides (applied over each variant's experiment file)."""
@@ -101,17 +112,19 @@ def load_study(name: str, variants: list[str] | None = None, seeds: list[int] | 
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with variants, seeds and budget, found {type(raw).__name__}")
-    unknown = set(raw) - {"variants", "seeds", "budget", "reference", "baseline"}
+    unknown = set(raw) - {"variants", "seeds", "budget", "reference", "baseline", "analysis"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (expected variants, seeds, budget, reference, "
-                          "baseline)")
-    for key, kind in (("variants", list), ("seeds", list), ("budget", dict), ("reference", str), ("baseline", str)):
+                          "baseline, analysis)")
+    for key, kind in (("variants", list), ("seeds", list), ("budget", dict), ("reference", str), ("baseline", str),
+                      ("analysis", dict)):
         if key in raw and not isinstance(raw[key], kind):
             raise ConfigError(f"{path}: {key}: expected a {kind.__name__}, found {raw[key]!r}")
     spec = StudySpec(name=path.stem, variants=list(variants if variants is not None else raw.get("variants") or []),
                      seeds=list(seeds if seeds is not None else raw.get("seeds", [0])),
                      budget=raw.get("budget") or {}, reference=raw.get("reference", "fundus2video"),
-                     baseline=raw.get("baseline", "pix2pixhd"), overrides=list(overrides or []))
+                     baseline=raw.get("baseline", "pix2pixhd"), overrides=list(overrides or []),
+                     analysis=_checked_analysis(path, raw.get("analysis") or {}, raw.get("variants") or []))
     where = "--variants" if variants is not None else f"{path}: variants"
     if not spec.variants or not all(isinstance(v, str) and v for v in spec.variants):
         raise ConfigError(f"{where}: expected experiment names, found {spec.variants}")
@@ -128,6 +141,44 @@ def load_study(name: str, variants: list[str] | None = None, seeds: list[int] | 
     for variant in spec.variants:
         unit_config(spec, variant, spec.seeds[0], Path("runs/study-check"))  # every variant resolves
     return spec
+
+
+def _checked_analysis(path: Path, analysis: dict, variants: list) -> dict:
+    """The declared analysis, refused in one line where the report could not apply it as written."""
+    if not analysis:
+        return {}
+    unknown = set(analysis) - ANALYSIS_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: analysis: unknown keys {sorted(unknown)} "
+                          f"(expected {', '.join(sorted(ANALYSIS_KEYS))})")
+    if analysis.get("test", "paired_t") != "paired_t" or analysis.get("correction", "holm") not in ("holm", "none"):
+        raise ConfigError(f"{path}: analysis: test {analysis.get('test')!r} / correction "
+                          f"{analysis.get('correction')!r} (expected test paired_t and correction holm or none)")
+    alpha = analysis.get("alpha", 0.05)
+    if not isinstance(alpha, float) or not 0 < alpha < 1:
+        raise ConfigError(f"{path}: analysis.alpha: expected a number in (0, 1), found {alpha!r}")
+    primary = analysis.get("primary")
+    if not isinstance(primary, list) or not primary or not all(isinstance(p, str) for p in primary):
+        raise ConfigError(f"{path}: analysis.primary: expected a list of score names, found {primary!r}")
+    kinds = ("superiority", "non_inferiority", "superiority_of_variant")
+    for claim in analysis.get("claims") or []:
+        if not isinstance(claim, dict) or claim.get("variant") not in variants or claim.get("kind") not in kinds:
+            raise ConfigError(f"{path}: analysis.claims: {claim!r} needs a name, a variant among {variants} and "
+                              f"a kind among {list(kinds)}")
+        if claim["kind"] == "non_inferiority" and not all(p in (analysis.get("margins") or {}) for p in primary):
+            raise ConfigError(f"{path}: analysis.margins: a non-inferiority claim needs a margin for every primary "
+                              f"endpoint {primary}, found {analysis.get('margins')!r}")
+    return analysis
+
+
+def code_state() -> dict:
+    """The code a unit runs: the commit, whether the checkout had uncommitted changes, and when."""
+    from fundus2video.commands.train import git
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(status),
+            "dirty_files": [line[3:] for line in status.splitlines()][:20],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def unit_config(spec: StudySpec, variant: str, seed: int, unit_dir: Path):
@@ -237,6 +288,16 @@ def _round(x, digits: int = 5):
     return None if x is None or x != x else round(float(x), digits)
 
 
+def _number(text: str | None):
+    """A per_case.csv cell: a rounded number, None when empty or NaN, the text when not a number."""
+    if text in (None, ""):
+        return None
+    try:
+        return _round(float(text))
+    except ValueError:
+        return text
+
+
 # ------------------------------------------------------------------ one unit (in its own process)
 def run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     """Train (or resume) one unit, score its test split, write its result file. Returns a summary;
@@ -281,7 +342,7 @@ def _redirected(logfile):
 
 def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     from fundus2video.commands.evaluate import evaluate
-    from fundus2video.commands.train import Interrupted, git, train
+    from fundus2video.commands.train import Interrupted, train
 
     print(f"== {datetime.now().isoformat(timespec='seconds')} {unit.label}, {threads} thread(s)", flush=True)
     cfg = unit_config(spec, unit.variant, unit.seed, unit.unit_dir)
@@ -293,6 +354,12 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
                         "use another --out or delete the folder")
     with atomic_path(stamp) as tmp:
         tmp.write_text(json.dumps({"budget_id": spec.budget_id(), "budget": spec.budget_overrides()}) + "\n")
+    # the code of every start and resume, taken as it starts (a unit may resume on later code)
+    starts = unit.unit_dir / "code.json"
+    code = json.loads(starts.read_text()) if starts.is_file() else []
+    code.append(code_state())
+    with atomic_path(starts) as tmp:
+        tmp.write_text(json.dumps(code, indent=1) + "\n")
     curve = LearningCurve(unit.unit_dir / "curve.json")
     try:
         run_dir = train(cfg, resume=resume, extra_callbacks=[curve])
@@ -305,16 +372,18 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     report = json.loads((out / "metrics.json").read_text())
     with open(out / "per_case.csv", newline="") as f:
         per_case = [{"case_id": r["case_id"], "patient_id": r["patient_id"],
-                     **{k: _round(float(r[k])) if r.get(k) not in (None, "") else None for k in CASE_KEYS}}
+                     **{k: _number(v) for k, v in r.items() if k not in ("case_id", "patient_id")}}
                     for r in csv.DictReader(f)]
+    kinetics_file = out / "kinetics_cases.json"
     rows = curve.rows
     result = {
         "study": spec.name, "variant": short_name(unit.variant), "experiment": unit.variant, "seed": unit.seed,
-        "budget_id": spec.budget_id(), "budget": spec.budget_overrides(),
+        "budget_id": spec.budget_id(), "budget": spec.budget_overrides(), "analysis_id": spec.analysis_id(),
         "train_s": rows[-1]["train_s"] if rows else None, "videos": rows[-1]["videos"] if rows else None,
-        "threads": threads, "git_commit": git("rev-parse", "HEAD") or None,
+        "threads": threads, "git_commit": code[0]["commit"], "code": code,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": report["metrics"], "per_case": per_case, "curve": rows,
+        "kinetics_cases": json.loads(kinetics_file.read_text()) if kinetics_file.is_file() else None,
     }
     with atomic_path(unit.result) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
