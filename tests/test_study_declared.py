@@ -1,0 +1,82 @@
+"""A study spec that declares its analysis: the declaration is checked, and the report applies it
+(paired t over seeds, Holm, power, verdicts) to the unit files alone."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from fundus2video.commands.study import load_study
+from fundus2video.commands.study_report import build_report
+
+SPEC = """variants: [fundus2video, pix2pixhd, ablations/lesion_mask]
+seeds: [0, 1, 2, 3, 4]
+budget:
+  data: {size: 32, n_frames: 4, phantom: {n_train: 2, n_val: 1, n_test: 3}}
+analysis:
+  alpha: 0.05
+  correction: holm
+  primary: [psnr_lesion, rise_skill_all]
+  secondary: [false_dark]
+  claims:
+    - {name: "beats pix2pixHD", variant: pix2pixhd, kind: superiority}
+    - {name: "KM no worse than lesion mask", variant: ablations/lesion_mask, kind: non_inferiority}
+  margins: {psnr_lesion: 0.3, rise_skill_all: 0.05}
+  power_targets: {psnr_lesion: 0.3, rise_skill_all: 0.05}
+"""
+
+
+def _write_units(spec, results, arms: dict[str, tuple[float, float]], noise: float):
+    rng = np.random.default_rng(0)
+    for arm, (psnr, skill) in arms.items():
+        for seed in spec.seeds:
+            metrics = {"psnr_lesion": psnr + rng.normal(0, noise), "rise_skill_all": skill + rng.normal(0, noise / 10),
+                       "false_dark": 0.01, "psnr_fov": 20.0, "rise_mae_all": 0.1, "const_rise_mae_all": 0.12}
+            unit = {"budget_id": spec.budget_id(), "analysis_id": spec.analysis_id(), "seed": seed, "train_s": 1.0,
+                    "metrics": metrics, "curve": [], "code": [{"commit": "abc", "dirty": False}],
+                    "per_case": [{"case_id": f"phantom{i:04d}", "patient_id": f"P{i // 2:04d}", "km_iou": 0.1 * i,
+                                  "lesion_rise": 0.1 * i, "real_lesion_rise": 0.2 * i} for i in range(3)]}
+            path = results / arm / f"seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(unit))
+
+
+def test_the_report_applies_the_declared_analysis(tmp_path):
+    (tmp_path / "v2.yaml").write_text(SPEC)
+    spec = load_study(str(tmp_path / "v2.yaml"))
+    assert spec.analysis["correction"] == "holm" and len(spec.analysis_id()) == 12
+    results = tmp_path / "results"
+    _write_units(spec, results, {"fundus2video": (16.0, 0.4), "pix2pixhd": (15.0, 0.1), "lesion_mask": (16.0, 0.4)},
+                 noise=0.05)
+    md = build_report(spec, results).read_text()
+    assert "15 of 15 units finished" in md and "**The declared analysis**" in md
+    assert "- beats pix2pixHD (pix2pixhd): **held**." in md
+    assert "- KM no worse than lesion mask (lesion_mask): **held**." in md
+    assert "4 (claim, primary endpoint) tests" in md and "median 0.10" in md
+    row = next(line for line in md.splitlines() if line.startswith("| fundus2video | 0,1,2,3,4 |"))
+    mean = np.mean([json.loads((results / "fundus2video" / f"seed{s}.json").read_text())["metrics"]["psnr_lesion"]
+                    for s in range(5)])
+    assert f"{mean:.2f}" in row
+    for picture in ("study.png", "cases.png"):
+        assert (results / picture).stat().st_size > 5_000
+    # seeds far noisier than the differences: nothing is decided, and the power says why
+    _write_units(spec, results, {"fundus2video": (16.0, 0.4), "pix2pixhd": (15.9, 0.39), "lesion_mask": (16.0, 0.4)},
+                 noise=2.0)
+    md = build_report(spec, results).read_text()
+    assert re.search(r"- beats pix2pixHD \(pix2pixhd\): \*\*not tested\*\* \(power reached: 0\.\d\d", md)
+
+
+@pytest.mark.parametrize("analysis, message", [
+    ("  primary: psnr\n", "analysis.primary: expected a list of score names"),
+    ("  primary: [psnr]\n  test: bootstrap\n", "analysis: test 'bootstrap'"),
+    ("  primary: [psnr]\n  alpha: 2.0\n", "analysis.alpha: expected a number in (0, 1)"),
+    ("  primary: [psnr]\n  claims: [{name: x, variant: nosuch, kind: superiority}]\n", "needs a name, a variant"),
+    ("  primary: [psnr]\n  claims: [{name: x, variant: pix2pixhd, kind: non_inferiority}]\n",
+     "a non-inferiority claim needs a margin"),
+    ("  primary: [psnr]\n  power: 0.8\n", "analysis: unknown keys ['power']"),
+])
+def test_a_declaration_the_report_could_not_apply_is_refused(tmp_path, analysis, message):
+    (tmp_path / "bad.yaml").write_text("variants: [fundus2video, pix2pixhd]\nanalysis:\n" + analysis)
+    with pytest.raises(Exception, match=re.escape(message)):
+        load_study(str(tmp_path / "bad.yaml"))
