@@ -12,13 +12,13 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install train config demo-data data-check study study-report sweep bench test test-fast lint clean \
-	demo browser-deps gpu-check
+	demo browser-deps gpu-check wheel-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 # torch first: 2.13.0 is the local CPU wheel; a bare `torch` would fetch a multi-GB CUDA build
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev,export,hub]"
@@ -91,6 +91,9 @@ test: install ## run the whole test suite (what CI runs): make test [TEST_JOBS=a
 
 test-fast: install ## the suite without the end-to-end trainings marked slow (the edit loop; CI runs all)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS) -m "not slow"
+
+wheel-check: install ## build a wheel, install it in a clean virtualenv, run its commands outside the checkout (CI)
+	bash .ci/wheel-check
 
 lint: install ## ruff (CI runs it before the tests)
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# where each part of the package lives on disk (setup.cfg's package_dir)
+# where each part of the package lives on disk (setup.py's package_dir)
 TREES = {"fundus2video": ROOT / "src" / "fundus2video", "fundus2video.data_modules": ROOT / "data_modules",
          "fundus2video.callbacks": ROOT / "callbacks"}
 

@@ -596,7 +596,7 @@ def resolve_experiment(name: str) -> Path:
             raise ConfigError(f"experiment {path}: a folder, not a YAML file")
         candidates = [path]
     else:
-        candidates = [Path("experiments") / f"{name}.yaml"]
+        candidates = [experiments_dir() / f"{name}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -606,11 +606,25 @@ def resolve_experiment(name: str) -> Path:
     raise ConfigError(f"experiment not found: {candidates[0]}{hint}")
 
 
+def experiments_dir() -> Path:
+    """Where experiment names are looked up: `experiments/` of the working directory (a checkout),
+    else the checkout this package is installed from in editable mode, else the copy shipped inside
+    the installed package (setup.py)."""
+    local = Path("experiments")
+    if local.is_dir():
+        return local
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "experiments", here / "experiments"):
+        if candidate.is_dir():
+            return candidate
+    return local
+
+
 def resolve_sweep(name: str) -> Path:
     """A sweep YAML path, or a name looked up as experiments/sweeps/NAME.yaml."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
-        path = Path("experiments") / "sweeps" / f"{name}.yaml"
+        path = experiments_dir() / "sweeps" / f"{name}.yaml"
     if path.is_file():
         return path
     known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []

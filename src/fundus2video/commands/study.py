@@ -95,7 +95,9 @@ def resolve_study(name: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"study spec not found: {path}")
         return path
-    path = Path("experiments/studies") / f"{name}.yaml"
+    from fundus2video.config import experiments_dir
+
+    path = experiments_dir() / "studies" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise ConfigError(f"study not found: {path}" + (f" (available: {', '.join(known)})" if known else ""))
