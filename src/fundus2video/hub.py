@@ -24,16 +24,15 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
-from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
+from fundus2video.download import download, json_file, safetensors_file, shown, zip_file
 from fundus2video.errors import UserError
 from fundus2video.io import atomic_path
 from fundus2video.limits import MAX_BLOCKS, MAX_DOWNSAMPLE, MAX_FRAMES, MAX_SIZE, MAX_WIDTH, MAX_WINDOW
@@ -512,14 +511,9 @@ def _download(url: str, dst: Path) -> None:
     if dst.is_file():
         return
     if any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on") for var in OFFLINE_VARS):
-        raise UserError(f"{url}: not in the cache ({dst}) and offline ({' or '.join(OFFLINE_VARS)} is set)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(dst), progress=sys.stderr.isatty())
-    except HTTPError as err:
-        raise UserError(f"{url}: download failed (HTTP {err.code} {err.reason})") from None
-    except (URLError, OSError) as err:
-        raise UserError(f"{url}: download failed ({getattr(err, 'reason', None) or err})") from None
+        raise UserError(f"{shown(url)}: not in the cache ({dst}) and offline ({' or '.join(OFFLINE_VARS)} is set)")
+    check = {".ckpt": zip_file, ".safetensors": safetensors_file, ".json": json_file}.get(dst.suffix)
+    download(url, dst, what=dst.name, check=check)
 
 
 def fetch_url(url: str) -> Path:

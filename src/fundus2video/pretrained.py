@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from pathlib import Path
 import torch.hub
 
 from fundus2video.errors import UserError
-from fundus2video.io import atomic_path
 
 log = logging.getLogger("fundus2video")
 
@@ -170,22 +168,23 @@ def fetch(name: str, url: str | None = None, sha256: str | None = None, flag: st
     if expected is None:
         raise UserError(f"{label}cannot verify a download of {w.file} (no published SHA-256): download {url} "
                         f"yourself and put it at {target}, or run: fundus2video weights fetch {name} --sha256 HEX")
-    log.info("downloading %s from %s to %s", w.file, url, target)
+    from fundus2video.download import DownloadFailed, download, shown
+
+    log.info("downloading %s from %s to %s", w.file, shown(url), target)
+    digest: dict[str, str] = {}
+
+    def verified(tmp: Path) -> None:
+        digest["got"] = got = sha256_of(tmp)
+        if not got.startswith(expected):
+            raise UserError(f"{label}download of {shown(url)} refused: its SHA-256 {got} ({tmp.stat().st_size} "
+                            f"bytes) does not match {_shown(expected)} (truncated or altered), nothing kept; put "
+                            f"a good copy of {w.file} at {target}")
+
     try:
-        with atomic_path(target) as tmp:
-            try:
-                torch.hub.download_url_to_file(url, str(tmp), hash_prefix=None, progress=sys.stderr.isatty())
-            except Exception as err:  # refused, unreachable, HTTP error, connection cut: all end here
-                detail = " ".join(str(err).split()) or "no detail"
-                raise UserError(f"{label}cannot download {w.file} from {url} ({type(err).__name__}: {detail}); "
-                                f"download it where there is internet access and put it at {target}") from None
-            got = sha256_of(tmp)
-            if not got.startswith(expected):
-                raise UserError(f"{label}download of {url} refused: its SHA-256 {got} ({tmp.stat().st_size} bytes) "
-                                f"does not match {_shown(expected)} (truncated or altered), nothing kept; put a good "
-                                f"copy of {w.file} at {target}")
-    except OSError as err:  # the cache folder cannot be written
-        raise UserError(f"{label}cannot write {target} ({err}); set TORCH_HOME to a writable folder") from None
+        download(url, target, what=f"{label}{w.file}", after=verified)  # the hash is the content check
+    except DownloadFailed as err:
+        raise UserError(f"{err}; download it where there is internet access and put it at {target}") from None
+    got = digest["got"]
     _hashed[_key(target)] = got  # the rename kept size and mtime: no need to read it again
     log.info("%s: verified (sha256 %s) and cached at %s", w.name, got, target)
     return target
