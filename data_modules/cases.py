@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
+# OpenCV's own ceiling (read when it first decodes) matches ours, for the formats Pillow cannot size
+from fundus2video.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: I001 (before cv2, which reads the env)
 
-from fundus2video.errors import CaseError
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fundus2video.errors import CaseError  # noqa: E402
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
@@ -76,14 +83,42 @@ def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     raise CaseError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, read without decoding the pixels (None when
+    the header is not one Pillow knows; OpenCV's own pixel ceiling then still applies)."""
+    from PIL import Image
+
+    ceiling = Image.MAX_IMAGE_PIXELS
+    try:
+        # Pillow's own bomb check would hide the declared size; the caller's ceiling says it in one line
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return img.size
+    except Exception:  # noqa: BLE001 - unknown or broken headers: left to OpenCV's reading and message
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = ceiling
+
+
 def read_image(path: Path) -> np.ndarray:
-    """(H, W) grayscale or (H, W, 3) RGB uint8; alpha dropped."""
+    """(H, W) grayscale or (H, W, 3) RGB uint8; alpha dropped. The header's size is checked before any
+    pixel is decoded: a small file can declare a picture of billions of pixels."""
     if not path.is_file():
         raise CaseError(f"missing file: {path}")
+    size = image_size(path)
+    if size is not None and (size[0] * size[1] > MAX_IMAGE_PIXELS or max(size) > MAX_IMAGE_SIDE):
+        raise CaseError(f"{path}: the image declares {size[0]}x{size[1]} pixels (expected at most "
+                        f"{MAX_IMAGE_SIDE} a side and {MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
     # JPEGs are 8-bit and carry the camera's EXIF orientation, which IMREAD_COLOR applies (and
     # IMREAD_UNCHANGED, needed for 16-bit PNG and TIFF, would ignore)
     jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. past OpenCV's own pixel ceiling, for formats Pillow cannot size
+        detail = " ".join(str(err).split())[-200:]  # OpenCV's message names its source file first
+        raise CaseError(f"unreadable image: {path} ({detail})") from None
     if img is None or img.size == 0:
         raise CaseError(f"unreadable image: {path}")
     img = _to_uint8(img, path)

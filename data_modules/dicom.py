@@ -40,7 +40,7 @@ import pydicom
 from tqdm import tqdm
 
 from fundus2video.errors import UserError
-from fundus2video.io import atomic_path, file_in_the_way
+from fundus2video.io import atomic_path, file_in_the_way, refuse_special
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
 OP_16BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.2"  # Ophthalmic Photography 16 Bit Image Storage
@@ -756,6 +756,10 @@ def _check_options(src: Path, out: Path, anonymize: bool, key: str | None, mappi
         if _is_inside(mapping, out):
             raise DicomImportError(f"import-dicom: --mapping {mapping} is inside --out; the mapping re-identifies "
                                f"patients, keep it apart from the anonymized data")
+        try:
+            refuse_special(mapping)
+        except UserError as err:
+            raise DicomImportError(f"import-dicom: --mapping {err}") from None
         if mapping.exists() and not overwrite and not dry_run:
             raise DicomImportError(f"import-dicom: --mapping {mapping} exists (add --overwrite to replace it)")
         blocking = file_in_the_way(mapping, itself=False)

@@ -206,7 +206,7 @@ def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict
     return cls, {name: args[name] for name in expected}
 
 
-def _first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str | None:
+def first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str | None:
     """The first disagreement between the rebuilt generator and the file, in the generator's order."""
     for key, tensor in expected.items():
         if key not in got:
@@ -218,6 +218,16 @@ def _first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tens
             return f"weight '{key}' is {got[key].dtype}, not floating point"
     unexpected = [key for key in got if key not in expected]
     return f"unexpected weight '{unexpected[0]}'" if unexpected else None
+
+
+def not_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """Why weights cannot generate anything, when some are NaN or infinite (a diverged run's): such a
+    generator writes black, white or grey videos that look like results."""
+    bad = [key for key, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return None
+    return (f"{len(bad)} weight tensor(s) hold NaN or infinite values (first: '{bad[0]}'): the run had diverged "
+            "when they were saved; use an earlier checkpoint")
 
 
 def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
@@ -243,9 +253,11 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Loade
         state = load_file(str(folder / WEIGHTS))  # tensors only: no code runs
     except (SafetensorError, OSError) as err:
         raise _fail(folder / WEIGHTS, f"not a readable safetensors file ({err})") from None
-    mismatch = _first_mismatch(skeleton.state_dict(), state)
+    mismatch = first_mismatch(skeleton.state_dict(), state)
     if mismatch:
         raise _fail(folder, f"{CONFIG} and {WEIGHTS} disagree: {mismatch}")
+    if (bad := not_finite(state)) is not None:
+        raise _fail(folder / WEIGHTS, bad)
     generator = cls(**args)
     generator.load_state_dict(state, strict=True)  # float32 whatever the file's float type
     return LoadedGenerator(generator, config, str(folder)).to(device)

@@ -22,6 +22,7 @@ import torch
 from fundus2video.data_modules.cases import IMAGE_EXTS, read_cf
 from fundus2video.data_modules.transforms import resize
 from fundus2video.errors import UserError
+from fundus2video.io import refuse_special
 from fundus2video.knowledge import crop_to_roi
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.rollout import rollout
@@ -223,6 +224,7 @@ def output_targets(photos: Sequence[Path], out: Path, formats: tuple[str, ...] =
             if path.resolve() in inputs:
                 raise UserError(f"{path}: would overwrite the input photo {inputs[path.resolve()]}; "
                                 "choose another --out")
+            refuse_special(path)
             if not overwrite and path.exists():
                 raise UserError(f"{path}: exists (--overwrite replaces it, or choose another --out)")
     return targets

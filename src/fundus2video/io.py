@@ -9,6 +9,7 @@ what it should be fails in one line naming it.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -29,8 +30,11 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path` (same suffix); rename it onto `path` on success."""
+    """Yield a temporary path next to `path` (same suffix); rename it onto `path` on success. Only a
+    regular file is ever replaced: a device, a pipe or a socket at `path` stops the write (a rename
+    would swap `/dev/null` itself for a file)."""
     path = Path(path)
+    refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.stem}."
     try:
@@ -41,12 +45,29 @@ def atomic_path(path: str | Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        refuse_special(path)  # made while the temporary was written
         os.replace(tmp, path)
     except OSError as err:
         raise _as_written(err, path, prefix) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def refuse_special(path: str | Path) -> None:
+    """UserError when `path` exists and is neither a regular file nor a folder (a character or block
+    device, a named pipe, a socket): no command writes over one, whatever --overwrite says."""
+    try:
+        mode = os.stat(path).st_mode  # through a symlink: what a write would reach
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # unreadable: the write itself will say why
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    raise UserError(f"{path}: is {kind}, not a regular file; only regular files are replaced (choose another path)")
 
 
 def _as_written(err: OSError, path: Path, prefix: str) -> OSError:

@@ -9,3 +9,5 @@ MAX_WINDOW = 64  # frames predicted per window (K)
 MAX_DOWNSAMPLE = 12  # 4096 pixels halved 12 times leave one
 MAX_BLOCKS = 64  # residual blocks
 MAX_WIDTH = 4096  # ngf, ndf, the PatchNCE projection's width
+MAX_IMAGE_PIXELS = 100_000_000  # a photo or frame read from disk: fundus cameras stay under 30 megapixels
+MAX_IMAGE_SIDE = 20_000

@@ -373,6 +373,7 @@ def load_checkpoint_module(ckpt: Path, device: str = "cpu") -> Fundus2VideoModul
 
     if not ckpt.is_file():
         raise UserError(f"checkpoint not found: {ckpt}")
+    _precheck(ckpt)
     try:
         with warnings.catch_warnings():  # a tensor file indexed by Lightning's migration warns before it fails
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
@@ -381,3 +382,31 @@ def load_checkpoint_module(ckpt: Path, device: str = "cpu") -> Fundus2VideoModul
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, IndexError, TypeError, AttributeError,
             ValueError) as err:
         raise UserError(f"{ckpt}: not a fundus2video checkpoint ({first_line(err)})") from None
+
+
+def _precheck(ckpt: Path) -> None:
+    """Before Lightning builds anything from a checkpoint's hyperparameters: its networks built on the
+    meta device against the file's weights (a configuration asking for a huge network allocates
+    nothing, and a mismatch names its key), and every weight finite. Files torch cannot map are left
+    to the loader's own one-line error."""
+    from fundus2video.hub import first_mismatch, not_finite
+
+    try:
+        data = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy or foreign formats: load_from_checkpoint says what they are
+        return
+    hparams = data.get("hyper_parameters") if isinstance(data, dict) else None
+    state = data.get("state_dict") if isinstance(data, dict) else None
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict) or not isinstance(state, dict):
+        raise UserError(f"{ckpt}: not a fundus2video checkpoint (no hyper_parameters.config and state_dict)")
+    try:
+        with torch.device("meta"):
+            skeleton = Fundus2VideoModule(hparams["config"])
+    except UserError as err:
+        raise UserError(f"{ckpt}: its configuration is not valid ({first_line(err)})") from None
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise UserError(f"{ckpt}: not a fundus2video checkpoint ({first_line(err)})") from None
+    if (mismatch := first_mismatch(skeleton.state_dict(), state)) is not None:
+        raise UserError(f"{ckpt}: its weights do not fit its configuration: {mismatch}")
+    if (bad := not_finite(state)) is not None:
+        raise UserError(f"{ckpt}: {bad}")

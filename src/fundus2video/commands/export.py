@@ -174,7 +174,7 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():  # checked before the slow imports: a mistyped path is answered at once
         raise UserError(f"checkpoint not found: {ckpt}")
-    from fundus2video.io import refuse_input_as_output
+    from fundus2video.io import refuse_input_as_output, refuse_special
 
     refuse_input_as_output("--out", [out, f"{out}.json"], [ckpt])
     suffix = Path(out).suffix.lower()
@@ -182,6 +182,8 @@ def export_generator(ckpt: str | Path, out: str | Path, format: str = "torchscri
         # the file's name says what reads it
         raise UserError(f"--out {out}: --format {format} writes " + ("a .onnx file" if format == "onnx" else
                         "a TorchScript file (.pt, .pth or .ts); for .onnx give --format onnx"))
+    for path in (out, Path(f"{out}.json")):
+        refuse_special(path)
     if not overwrite and (out.exists() or Path(f"{out}.json").exists()):
         raise UserError(f"--out {out}: exists (--overwrite replaces it and its .json, or choose another --out)")
     import torch

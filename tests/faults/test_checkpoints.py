@@ -1,0 +1,82 @@
+"""Hostile checkpoints and Hub folders: weights that are NaN or infinite, hyperparameters that ask
+for a huge network, weights that do not fit their configuration. Each stops in one line naming the
+file before any video is written or any large allocation is made."""
+
+from __future__ import annotations
+
+import json
+import resource
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fundus2video.data_modules.phantom import make_case
+from fundus2video.video_io import write_png
+from tests.helpers.cli import run_cli
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run):
+    return trained_run("plain") / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "cf.png"
+    write_png(path, make_case(0, size=64).cf)
+    return path
+
+
+def _edited(ckpt, tmp_path, name, edit):
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    edit(data)
+    out = tmp_path / name
+    torch.save(data, out)
+    return out
+
+
+def _first_weight(data):
+    return next(k for k in data["state_dict"] if k.startswith("generator.") and k.endswith("weight"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_write_no_video(ckpt, photo, tmp_path, value):
+    def poison(data):
+        data["state_dict"][_first_weight(data)].view(-1)[0] = value
+
+    bad = _edited(ckpt, tmp_path, "bad.ckpt", poison)
+    for runtime in ("torch", "auto"):
+        r = run_cli("generate", "--ckpt", bad, "--cf", photo, "--out", tmp_path / "v.mp4", "--runtime", runtime)
+        assert r.returncode == 2 and "NaN or infinite" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]  # no video, no ONNX cache folder
+
+
+def test_huge_hyperparameters_are_refused_before_allocating(ckpt, photo, tmp_path):
+    def grow(data):
+        data["hyper_parameters"]["config"]["model"]["generator"].update(ngf=4096, n_blocks=64)
+
+    bad = _edited(ckpt, tmp_path, "huge.ckpt", grow)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = run_cli("generate", "--ckpt", bad, "--cf", photo, "--out", tmp_path / "v.mp4", "--runtime", "torch")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert r.returncode == 2 and "do not fit its configuration" in r.stderr and "weight '" in r.stderr, r.stderr
+    assert grown_mb < 500  # the networks of ngf 4096 would take gigabytes: they were only shaped on the meta device
+
+
+def test_a_hub_folder_with_nan_weights_is_refused(ckpt, photo, tmp_path):
+    folder = tmp_path / "hub"
+    assert run_cli("export", "--ckpt", ckpt, "--format", "hub", "--out", folder).returncode == 0
+    state = load_file(str(folder / "model.safetensors"))
+    key = next(iter(state))
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    r = run_cli("generate", "--ckpt", folder, "--cf", photo, "--out", tmp_path / "v.mp4")
+    assert r.returncode == 2 and "NaN or infinite" in r.stderr and "model.safetensors" in r.stderr, r.stderr
+    assert not (tmp_path / "v.mp4").exists()
+    json.loads((folder / "config.json").read_text())  # the folder itself is left as it was
+    assert np.isnan(load_file(str(folder / "model.safetensors"))[key].numpy()).all()
