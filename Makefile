@@ -40,11 +40,12 @@ data-check: install ## read every case of DATA (a folder or manifest CSV) and li
 	@$(PY) -m fundus2video data check $(DATA) $(ARGS)
 
 JOBS ?= 2
-study: install ## the phantom study: every variant x 3 seeds, resumable (results/phantom_study/): make study [JOBS=2] [ARGS=...]
-	$(PY) -m fundus2video study phantom --jobs $(JOBS) --readme docs/STUDY.md $(ARGS)
+STUDY ?= phantom_v2
+study: install ## a study, every variant x seed, resumable (results/STUDY_study/): make study [STUDY=phantom_v2|phantom] [JOBS=2] [ARGS=...]
+	$(PY) -m fundus2video study $(STUDY) --jobs $(JOBS) --readme docs/STUDY.md $(ARGS)
 
-study-report: install ## rebuild the study's table, plots and docs/STUDY.md block from results/phantom_study/ alone
-	$(PY) -m fundus2video study phantom --report-only --readme docs/STUDY.md
+study-report: install ## rebuild a study's table, plots and docs/STUDY.md block from its results/ alone: make study-report [STUDY=...]
+	$(PY) -m fundus2video study $(STUDY) --report-only --readme docs/STUDY.md
 
 sweep: install ## wandb sweep (creates it, starts an agent): make sweep SWEEP=smoke [COUNT=N] [LOCAL=1] [ARGS=...]
 	@$(PY) -m fundus2video sweep $(SWEEP) $(if $(LOCAL),--local) $(if $(COUNT),--count $(COUNT)) $(ARGS)

@@ -470,7 +470,7 @@ def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, o
             print(f"{len(failed)} unit(s) did not finish: " + "; ".join(f"{s['unit']}: {s['error']}" for s in failed),
                   file=sys.stderr)
     if readme:
-        update_readme(Path(readme), md)
+        update_readme(Path(readme), md, whole.name)
         print(f"updated {readme} from {md}")
     print(Path(md).read_text())
     return 1 if not report_only and not dry_run and any("error" in s for s in summaries) else 0

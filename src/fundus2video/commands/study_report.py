@@ -345,18 +345,26 @@ def _curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(readme: Path, md: Path) -> None:
-    """Replace the study block (between the markers) of a markdown file (docs/STUDY.md) with `md`,
+def markers(study: str) -> tuple[str, str]:
+    """The lines around a study's block in a markdown file: the first study's unnamed, the others named."""
+    if study == "phantom":
+        return README_BEGIN, README_END
+    return f"<!-- study:{study}:begin -->", f"<!-- study:{study}:end -->"
+
+
+def update_readme(readme: Path, md: Path, study: str = "phantom") -> None:
+    """Replace the study's block (between its markers) of a markdown file (docs/STUDY.md) with `md`,
     links made relative to that file."""
     text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise UserError(f"{readme}: no study block (expected the lines {README_BEGIN} and {README_END})")
+    begin, end = markers(study)
+    if begin not in text or end not in text:
+        raise UserError(f"{readme}: no block of study '{study}' (expected the lines {begin} and {end})")
     rel = Path(os.path.relpath(Path(md).parent.resolve(), readme.parent.resolve())).as_posix()
     body = re.sub(r"\]\((?!https?:)([^)/]+)\)", lambda m: f"]({rel}/{m.group(1)})", Path(md).read_text())
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with atomic_path(readme) as tmp:
-        tmp.write_text(f"{head}{README_BEGIN}\n{body}{README_END}{tail}")
+        tmp.write_text(f"{head}{begin}\n{body}{end}{tail}")
 
 
 # ------------------------------------------------------------------ a study with a declared analysis
