@@ -475,7 +475,7 @@ def declared_report(spec, results: Path) -> Path:
                          f"[{_fmt(t.get('lo_step', math.nan), digits, True)}, "
                          f"{_fmt(t.get('hi_step', math.nan), digits, True)}] | {_fmt(t['p'], 3)} | "
                          f"{_fmt(t.get('p_adjusted', math.nan), 3)} | {_fmt(t.get('power', math.nan), 2)} | "
-                         f"{t.get('seeds_for_80') or '> 1000 or unknown'} |")
+                         f"{t.get('seeds_for_80') or ('—' if math.isnan(t['sd']) else '> 1000')} |")
     lines += ["", "Verdicts (held: a primary endpoint favours the claim after Holm and none goes against it; not held: "
               "one goes against it; not tested: neither, at the power shown; non-inferiority: held when every "
               "primary endpoint's one-sided test clears its margin):", ""]
