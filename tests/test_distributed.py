@@ -2,6 +2,8 @@
 mask-enhanced PatchNCE with its projector) through Lightning's DDP; G, D and the projector end identical on both
 ranks although each rank saw different videos, and the validation metrics are synchronised."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,18 @@ FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.kad=1", "
         "loss.gv=5", "loss.vgg=0", "loss.nce_layers=[0,4,8,12,16]"]
 
 
-def _ddp_train(out: Path, *overrides: str) -> list[dict]:
+def _ddp_train(out: Path, *overrides: str, timeout: int = 600) -> list[dict]:
     out.mkdir()
-    subprocess.run([sys.executable, str(SCRIPT), str(out), *FULL, *overrides], check=True, cwd=out, timeout=600,
-                   capture_output=True)
+    # a new session: the hard time limit ends Lightning's second rank too, not only the launcher
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), *FULL, *overrides], cwd=out,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"DDP training did not end within {timeout} s (a hang between the ranks)")
+    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
     return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
 
@@ -103,3 +113,37 @@ def test_per_network_reduction_trains_as_plain_ddp_with_half_the_traffic(per_net
     # every window: G's backward reduces G and the projector and skips D, D's the other way round;
     # every gradient element is reduced once per window instead of twice
     assert stats["reduced"] == stats["skipped"] == per_network[0]["g_step"] * n_params, stats
+
+
+@pytest.mark.slow
+def test_ranks_with_videos_of_different_lengths_agree_on_the_windows(tmp_path):
+    """Folder cases of 5 and 8 frames: the ranks' videos differ in length at some steps. Each window is
+    a G and a D all-reduce, so without agreeing on the windows per step the ranks pair different
+    windows' collectives or wait for one the other never runs (a hang); with it, 3 epochs end, under a
+    hard time limit, with identical parameters."""
+    from fundus2video.data_modules.phantom_files import write_phantom
+
+    root = write_phantom(tmp_path / "data", 8, size=64, n_frames=8, video="png", progress=False)
+    short = ("phantom0001", "phantom0002", "phantom0005")
+    for case in short:
+        for t in range(5, 8):
+            (root / case / "ffa" / f"{t:03d}.png").unlink()
+    rows = (root / "cases.csv").read_text().splitlines()  # their times: the first 5
+    (root / "cases.csv").write_text("\n".join(
+        ",".join([*r.split(",")[:3], ";".join(r.split(",")[3].split(";")[:5])]) if r.split(",")[0] in short else r
+        for r in rows) + "\n")
+    ranks = _ddp_train(tmp_path / "out", "data.source=folders", f"data.root={root}", "data.n_frames=8",
+                       "data.split.fractions=[0.5,0.25,0.25]", "trainer.max_epochs=3", timeout=420)
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+    assert ranks[0]["g_step"] == ranks[1]["g_step"]
+
+
+def test_a_rank_without_a_validation_case_is_refused_before_training(tiny, tmp_path):
+    from fundus2video.commands.train import train
+    from fundus2video.errors import ConfigError
+
+    cfg = tiny("trainer.devices=2", "trainer.strategy=ddp", "data.phantom.n_val=1")
+    with pytest.raises(ConfigError, match="1 validation case\\(s\\) for 2 DDP processes"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()  # stopped before a run directory was made

@@ -262,11 +262,14 @@ class Fundus2VideoModule(L.LightningModule):
         d_total, d_parts = discriminator_terms(pred_real, pred_fake, pred_real_km, pred_fake_km)
         return fake, g_total, g_parts, d_total, d_parts
 
-    def _window_step(self, cf, prev, target, km, nce_rng: torch.Generator | None = None
+    def _window_step(self, cf, prev, target, km, nce_rng: torch.Generator | None = None, weight: float = 1.0
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One window: forward, G step, D step. Returns the detached fake and the terms."""
+        """One window: forward, G step, D step. Returns the detached fake and the terms. `weight` 0
+        runs the window for its collectives only (`_agreed_windows`): its gradients are zeros."""
         opt_g, opt_d = self.optimizers()
         fake, g_total, g_parts, d_total, d_parts = self.window_losses(cf, prev, target, km, nce_rng)
+        if weight != 1.0:
+            g_total, d_total = g_total * weight, d_total * weight
         opt_g.zero_grad(set_to_none=True)
         with self._backward_of("generator"):
             if self.cfg.loss.d_pass == "shared":
@@ -299,6 +302,20 @@ class Fundus2VideoModule(L.LightningModule):
                                                      ).generate_state(2)
         return torch.Generator(device=self.device).manual_seed(int(torch_seed)), random.Random(int(py_seed))
 
+    def _agreed_windows(self, windows: int) -> int:
+        """The windows every DDP rank runs for this step: the most any rank's video needs. Each window
+        is a G and a D backward, each with its gradient all-reduce, so ranks whose videos have
+        different lengths (manifest frame draws, short videos) would otherwise pair one window's
+        collectives with another's, or wait forever for a window the other never runs. A rank with a
+        shorter video runs its last window again at weight 0 (zero gradients: the averaged step is the
+        other ranks' data, and every rank applies the same one). One all-reduce of one integer per video."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return windows
+        agreed = torch.tensor([windows], device=self.device, dtype=torch.int64)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        return int(agreed.item())
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cf, video = batch["cf"], batch["frames"][:, :, 0]  # (B, 3, H, W), (B, T, H, W)
         km = self._mask(batch)  # (B, 1, H, W)
@@ -307,13 +324,19 @@ class Fundus2VideoModule(L.LightningModule):
         nce_rng, ss_rng = self._video_rngs()
         sums: dict[str, torch.Tensor] = {}
         prev = cf_as_frames(cf, k)
-        for n in range(num_windows(n_frames)):
-            prev = scheduled_previous(n, prev, video, p_real, ss_rng)
-            prev, parts = self._window_step(cf, prev, frames_from(video, n, k), km, nce_rng)
+        windows = num_windows(n_frames)
+        prev_in, target = prev, frames_from(video, 0, k)
+        for n in range(self._agreed_windows(windows)):
+            if n >= windows:  # another rank's video is longer: this window pairs its collectives, learns nothing
+                self._window_step(cf, prev_in, target, km, nce_rng, weight=0.0)
+                continue
+            prev_in = scheduled_previous(n, prev, video, p_real, ss_rng)
+            target = frames_from(video, n, k)
+            prev, parts = self._window_step(cf, prev_in, target, km, nce_rng)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
         self.video_step += 1
-        logs = {f"train/{name}": value / num_windows(n_frames) for name, value in sums.items()}
+        logs = {f"train/{name}": value / windows for name, value in sums.items()}
         # one host sync per video (not per window): weights gone NaN would train, and be saved, as if nothing
         # had happened. Under 16-mixed an infinite window loss is the GradScaler's to skip, not divergence.
         totals = torch.stack([logs["train/g_total"], logs["train/d_total"]])

@@ -481,6 +481,16 @@ def _one_start(resume, init_from) -> None:
                           "--init-from starts a new one from a checkpoint's weights")
 
 
+def check_validation_shards(cfg: DictConfig, n_val: int) -> None:
+    """Every DDP process needs a validation case: validation shards are not padded, so a process with
+    none fails alone (Lightning: "zero length") while the others wait in their next collective."""
+    world = device_count(cfg.trainer) * cfg.trainer.num_nodes
+    if world > 1 and 0 < n_val < world and cfg.trainer.limit_val_batches != 0:
+        raise ConfigError(f"{n_val} validation case(s) for {world} DDP processes (trainer.devices x "
+                          f"trainer.num_nodes): each process needs at least one; add validation cases "
+                          f"(data.phantom.n_val, data.split.fractions) or set trainer.limit_val_batches=0")
+
+
 def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: list | None = None,
           init_from: str | Path | None = None) -> Path:
     """Train the experiment `cfg`; returns its run directory. `resume`: a checkpoint to continue
@@ -497,6 +507,7 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     datamodule = Fundus2VideoDataModule(to_plain(cfg.data), min_frames=cfg.model.window + 1, seed=cfg.seed)
     datamodule.setup()  # lists, splits and checks the cases: bad data stops here, before a run directory exists
     check_mask_source(cfg, datamodule)
+    check_validation_shards(cfg, len(datamodule.datasets["val"]))
     n_train = len(datamodule.datasets["train"])
     if cfg.data.batch_size > n_train:
         log.warning("data.batch_size=%d is more than the %d training case(s): each batch holds %d",
