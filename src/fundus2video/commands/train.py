@@ -207,14 +207,16 @@ def check_accelerator(t) -> None:
 
 
 def check_deterministic_on_cuda(t, padding: str) -> None:
-    """`trainer.deterministic=true` on a GPU: CUDA has no deterministic backward of the reflection
-    (and replication) padding of the residual blocks, so G's first backward would raise. Said before
-    training, with the ways out."""
+    """`trainer.deterministic=true` on a GPU: CUDA has no deterministic backward of reflection (or
+    replication) padding, and the generator's 7x7 stem and head pad by reflection whatever
+    model.generator.padding says (as pix2pixHD's do), so G's first backward would raise. Said before
+    training, with the way out."""
     cuda = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
-    if t.deterministic is True and cuda and padding in ("reflect", "replicate"):
-        raise ConfigError(f"trainer.deterministic=true: CUDA has no deterministic backward of "
-                          f"model.generator.padding={padding}; use trainer.deterministic=warn (deterministic where "
-                          "CUDA can be, a warning where not) or model.generator.padding=zero")
+    if t.deterministic is True and cuda:
+        raise ConfigError("trainer.deterministic=true: CUDA has no deterministic backward of the generator's "
+                          f"reflection padding (its 7x7 stem and head, and the residual blocks with "
+                          f"model.generator.padding={padding}); use trainer.deterministic=warn (deterministic where "
+                          "CUDA can be, a warning where not)")
 
 
 def precision_settings(precision: str, accelerator: str) -> tuple[str | None, list]:
