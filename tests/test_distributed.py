@@ -149,3 +149,59 @@ def test_a_rank_without_a_validation_case_is_refused_before_training(tiny, tmp_p
     with pytest.raises(ConfigError, match="1 validation case\\(s\\) for 2 DDP processes"):
         train(cfg)
     assert not (tmp_path / "runs").exists()  # stopped before a run directory was made
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
+    """torchrun --nnodes=2 on 127.0.0.1, one process per "node": every rank reads RANK, so each used to
+    make a run directory (and a wandb run) of its own. Now rank 0 makes it and posts it in torchrun's
+    store; the other node uses it; one `latest`, one wandb run."""
+    out, port = tmp_path / "out", _free_port()
+    out.mkdir()
+    torchrun = Path(sys.executable).with_name("torchrun")
+    procs = [subprocess.Popen(
+        [str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
+         f"--master-port={port}", str(SCRIPT), str(out), *FULL, "trainer.devices=1", "trainer.num_nodes=2",
+         "logging.wandb=offline"],
+        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(out)}) for node in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=420)[0].decode(errors="replace") for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("torchrun did not end within 420 s")
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    runs = out / "runs" / "smoke"
+    made = sorted(p.name for p in runs.iterdir() if not p.is_symlink() and not p.name.startswith("."))
+    assert len(made) == 1 and {r["run_dir"] for r in ranks} == {str(runs / made[0])}, made
+    assert (runs / "latest").resolve() == (runs / made[0]).resolve()
+    wandb_runs = list((runs / made[0]).rglob("offline-run-*"))
+    assert len(wandb_runs) == 1, wandb_runs
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+
+
+def test_the_global_rank_and_a_slurm_jobs_run_name(monkeypatch):
+    from fundus2video.commands import train as train_mod
+
+    for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK", "SLURM_JOB_ID", "SLURM_STEP_ID",
+                "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    assert train_mod.global_rank() == 0 and train_mod._slurm_run_name() is None
+    monkeypatch.setenv("NODE_RANK", "1")  # Lightning's launcher started by hand on a second node
+    assert train_mod.global_rank() > 0
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert train_mod.global_rank() == 3 and train_mod._slurm_run_name() == "slurm-4242"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert train_mod._slurm_run_name() == "slurm-4242-r2"

@@ -51,30 +51,83 @@ log = logging.getLogger("fundus2video")
 RUN_DIR_ENV = "FUNDUS2VIDEO_RUN_DIR"
 
 
-def _env_rank() -> int:
-    """The global rank a launcher gave this process (torchrun, SLURM, Lightning's own), 0 if none."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+def global_rank() -> int:
+    """This process's global rank as its launcher says it: RANK (torchrun, Lightning's own launcher),
+    SLURM_PROCID (srun), else NODE_RANK (Lightning's launcher started by hand on each node: its
+    process on node k > 0 is never global rank 0), else LOCAL_RANK; 0 when nothing says."""
+    for key in ("RANK", "SLURM_PROCID"):
         value = os.environ.get(key, "")
         if value.isdigit():
             return int(value)
-    return 0
+    node, local = os.environ.get("NODE_RANK", ""), os.environ.get("LOCAL_RANK", "")
+    if node.isdigit() and int(node) > 0:
+        return int(node) * 1_000 + (int(local) if local.isdigit() else 0)  # > 0 is all that matters here
+    return int(local) if local.isdigit() else 0
+
+
+def _slurm_run_name() -> str | None:
+    """A run directory name every task of a SLURM job computes alike (no message needed): the job,
+    its step and its restart count (a requeued job gets a new directory and resumes explicitly)."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if not job.isdigit() or not os.environ.get("SLURM_PROCID", "").isdigit():
+        return None
+    name = f"slurm-{job}"
+    step = os.environ.get("SLURM_STEP_ID", "")
+    if step.isdigit() and int(step) > 0:
+        name += f".{step}"
+    restart = os.environ.get("SLURM_RESTART_COUNT", "")
+    return name + (f"-r{restart}" if restart.isdigit() and int(restart) > 0 else "")
+
+
+def _agent_store():
+    """torchrun's own key-value store (its agent's, which the workers already use), or None."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                    timeout=timedelta(seconds=RUN_DIR_WAIT_S))
+
+
+RUN_DIR_WAIT_S = 600  # how long a rank waits for rank 0 to name the run directory (rank 0 reads its data first)
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
-    """A fresh, never reused run directory; `latest` is repointed to it. In a DDP rank started from
-    rank 0's process, rank 0's directory (`RUN_DIR_ENV`); Lightning broadcasts the checkpoint
-    folder from rank 0 anyway, and only rank 0 writes checkpoints, samples and logs."""
+    """A fresh, never reused run directory, made once per job; `latest` is repointed to it by global
+    rank 0 alone. The other ranks use rank 0's: started from rank 0's process (Lightning's launcher)
+    they inherit it (`RUN_DIR_ENV`); under torchrun rank 0 posts it in torchrun's store; under SLURM
+    every task derives the same name from the job. Lightning broadcasts the checkpoint folder from
+    rank 0 anyway, and only rank 0 writes checkpoints, samples and logs."""
+    rank = global_rank()
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and _env_rank() > 0:
+    if inherited and rank > 0:
         return Path(inherited)
     base = Path(cfg.logging.root) / cfg.name
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir, i = base / stamp, 1
-    while run_dir.exists():
-        run_dir, i = base / f"{stamp}-{i}", i + 1
-    run_dir.mkdir(parents=True)
+    store = _agent_store()
+    key = f"fundus2video/run_dir/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if store is not None and rank > 0:
+        return Path(store.get(key).decode())
+    if (name := _slurm_run_name()) is not None:
+        run_dir = base / name
+        run_dir.mkdir(parents=True, exist_ok=True)  # every task; on a filesystem the nodes do not share, each its own
+    elif rank > 0:  # a launch that names no job and shares no process with rank 0: a directory of its own
+        run_dir = base / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-rank{rank}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir, i = base / stamp, 1
+        while True:
+            try:
+                run_dir.mkdir(parents=True)  # exists-then-mkdir would race another job started the same second
+                break
+            except FileExistsError:
+                run_dir, i = base / f"{stamp}-{i}", i + 1
+    if store is not None:
+        store.set(key, str(run_dir))
     latest = base / "latest"
-    if _env_rank() == 0 and (latest.is_symlink() or not latest.exists()):
+    if rank == 0 and (latest.is_symlink() or not latest.exists()):
         tmp = base / f".latest.{os.getpid()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(run_dir.name)
@@ -138,7 +191,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, info: dict | None = None) -> li
                   config={**to_plain(cfg), "run": info or {}})
     try:
         wb = WandbLogger(mode=mode, **kwargs)
-        wb.experiment  # start now, so a broken server shows here and not mid-training  # noqa: B018
+        if global_rank() == 0:  # one wandb run per job: the other ranks' loggers never start one
+            wb.experiment  # start now, so a broken server shows here and not mid-training  # noqa: B018
     except Exception as err:  # wandb raises many types; training must go on regardless
         if mode == "offline":
             log.warning("wandb could not start (%s); logging to CSV only", err)
@@ -520,7 +574,7 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
     run_dir = make_run_dir(cfg)
     datamodule.save_split(run_dir)
     info = run_info(cfg, resume)
-    if os.environ.get(RUN_DIR_ENV) != str(run_dir):  # rank 0 (or a single process): the run's own files
+    if global_rank() == 0 and os.environ.get(RUN_DIR_ENV) != str(run_dir):  # rank 0 alone: the run's own files
         write_config(cfg, run_dir / "config.yaml")
         with atomic_path(run_dir / "run.json") as tmp:
             tmp.write_text(json.dumps(info, indent=2) + "\n")
