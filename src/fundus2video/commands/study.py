@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -310,12 +311,15 @@ def run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     unit.unit_dir.mkdir(parents=True, exist_ok=True)
+    _UNIT_RUNNING.set()
     with open(unit.unit_dir / "log.txt", "a") as logfile, _redirected(logfile):
         try:
             return _run_unit(spec, unit, threads)
         except Exception as err:  # reported by the study, which carries on with the other units
             traceback.print_exc()
             return {"unit": unit.label, "error": f"{type(err).__name__}: {err} (see {unit.unit_dir / 'log.txt'})"}
+        finally:
+            _UNIT_RUNNING.clear()
 
 
 @contextlib.contextmanager
@@ -394,6 +398,45 @@ def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
 
 def _init_worker() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the study's process dies, however it dies (SIGKILL too), so
+    a unit stops at its next video with its checkpoint instead of training on, orphaned, and blocking
+    on a result pipe nobody reads."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        # the SIGTERM stops a unit at its video's end; then nothing reads this worker's result, and the
+        # pool's pipes would keep it waiting forever: leave once the unit is done, or after the grace
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while _UNIT_RUNNING.is_set() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os._exit(143)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+_UNIT_RUNNING = threading.Event()  # set while this process trains or scores a unit
+
+
+STOP_GRACE_S = 120  # after SIGTERM, how long the running units get to finish their video and save
+
+
+class StudyStopped(Exception):
+    """SIGTERM reached the study: its running units saved (or were ended) and no other unit starts."""
 
 
 # ------------------------------------------------------------------ the study
@@ -421,6 +464,7 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
     summaries = []
     if pending:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker)
+        previous = _forward_sigterm(pool)
         try:
             futures = {pool.submit(run_unit, spec, u, threads): u for u in pending}
             bar = tqdm(as_completed(futures), total=len(futures), desc=f"study {spec.name}", unit="unit")
@@ -435,10 +479,54 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
             # the running units save their checkpoints on the same Ctrl-C; none of the waiting ones starts
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        except StudyStopped:
+            _stop_workers(pool)
+            raise
+        finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
         pool.shutdown(wait=True)
     if report:
         build_report(report_spec or spec, results)
     return summaries
+
+
+def _forward_sigterm(pool: ProcessPoolExecutor):
+    """SIGTERM to the study (a scheduler's stop, `timeout`, `kill`) goes to its running units, which
+    save at their video's end; the study then starts nothing more and leaves (`_stop_workers`). Returns
+    the handler it replaced (None off the main thread, where no handler can be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop; a second SIGTERM changes nothing
+        for process in list((pool._processes or {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        raise StudyStopped
+
+    return signal.signal(signal.SIGTERM, on_term)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Wait up to STOP_GRACE_S for the units to save and exit, then end what is left: no worker
+    outlives the study."""
+    import signal
+
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.join(5)
 
 
 def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, overrides: list[str], out: str,
@@ -461,7 +549,12 @@ def main_study(name: str, variants: list[str] | None, seeds: list[int] | None, o
                             f"<variant>/seed<k>.json files; run `fundus2video study {name}` first)")
         md = build_report(whole, results_dir)
     else:
-        summaries = run_study(spec, Path(out) / spec.name, results_dir, jobs, dry_run, report_spec=whole)
+        try:
+            summaries = run_study(spec, Path(out) / spec.name, results_dir, jobs, dry_run, report_spec=whole)
+        except StudyStopped:
+            print(f"study {spec.name}: stopped by SIGTERM; the running units saved their checkpoints at the end of "
+                  f"their video; run the same command again to resume", file=sys.stderr)
+            return 143
         if dry_run:
             return 0
         md = results_dir / "study.md"
