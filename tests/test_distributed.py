@@ -2,6 +2,7 @@
 mask-enhanced PatchNCE with its projector) through Lightning's DDP; G, D and the projector end identical on both
 ranks although each rank saw different videos, and the validation metrics are synchronised."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -205,3 +206,70 @@ def test_the_global_rank_and_a_slurm_jobs_run_name(monkeypatch):
     assert train_mod.global_rank() == 3 and train_mod._slurm_run_name() == "slurm-4242"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert train_mod._slurm_run_name() == "slurm-4242-r2"
+
+
+def _launch(out: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    """The DDP training in a session of its own, its output in OUT/log.txt (a pipe would stay open
+    while any rank lives, and a frozen rank lives on)."""
+    out.mkdir()
+    with open(out / "log.txt", "wb") as log:
+        return subprocess.Popen([sys.executable, str(SCRIPT), str(out), *FULL, "trainer.max_epochs=500", *overrides],
+                                cwd=out, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+
+
+def _pids(out: Path, proc: subprocess.Popen) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + 240
+    while not all((out / f"pid{r}").is_file() for r in (0, 1)):
+        assert proc.poll() is None, (out / "log.txt").read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, "the ranks did not start training"
+        time.sleep(0.5)
+    time.sleep(3)  # a few videos in
+    return [int((out / f"pid{r}").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_video(tmp_path):
+    """A scheduler's SIGTERM may reach one process: the ranks decide to stop together at a video's end,
+    write one checkpoint, and leave with 143 well within a grace period; the checkpoint resumes."""
+    out = tmp_path / "out"
+    proc = _launch(out)
+    try:
+        _, rank1 = _pids(out, proc)
+        os.kill(rank1, signal.SIGTERM)
+        proc.wait(timeout=120)
+        output = (out / "log.txt").read_text(errors="replace")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, output[-3000:]
+    stops = [torch.load(out / f"stopped{r}.pt") for r in (0, 1)]
+    assert stops[0]["video_step"] == stops[1]["video_step"] and stops[0]["checkpoint"] == stops[1]["checkpoint"]
+    saved = torch.load(stops[0]["checkpoint"], weights_only=True)
+    assert saved["fundus2video"]["video_step"] == stops[0]["video_step"]
+
+
+@pytest.mark.slow
+def test_a_hung_collective_does_not_keep_a_stopped_job_alive(tmp_path):
+    """Rank 1 frozen (SIGSTOP) leaves rank 0 waiting in a collective that never returns: after SIGTERM
+    the watchdog ends rank 0 with 143 and one line within the grace, saving nothing new."""
+    import time
+
+    out = tmp_path / "out"
+    proc = _launch(out, env={"FUNDUS2VIDEO_STOP_GRACE_S": "8"})
+    try:
+        rank0, rank1 = _pids(out, proc)
+        os.kill(rank1, signal.SIGSTOP)
+        time.sleep(2)
+        start = time.monotonic()
+        os.kill(rank0, signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert time.monotonic() - start < 40
+        output = (out / "log.txt").read_text(errors="replace")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, output[-3000:]
+    assert "no video boundary reached within 8 s" in output, output[-3000:]

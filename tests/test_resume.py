@@ -89,14 +89,14 @@ class _SignalInValidation(L.Callback):
 
 @pytest.mark.slow
 def test_sigterm_during_validation_stops_with_the_epochs_checkpoint(runs, capsys):
-    """Lightning stops outside a training video on its own; the run still says where to resume (the
-    epoch's checkpoint, written before it stops), and resuming from it gives the straight run."""
+    """SIGTERM during validation: the stop is decided at the next video boundary (every rank together),
+    one video into the next epoch, with its checkpoint; resuming from it gives the straight run."""
     cfg, straight = runs
     with pytest.raises(Interrupted, match="stopped by SIGTERM; checkpoint saved") as stop:
         train(cfg("name=valterm", "trainer.max_epochs=2", "trainer.limit_val_batches=1"),
               extra_callbacks=[_SignalInValidation()])
     saved = torch.load(stop.value.checkpoint, weights_only=True)
-    assert saved["fundus2video"]["video_step"] == 3  # the first epoch, all of its 3 videos
+    assert saved["fundus2video"]["video_step"] == 4  # the first epoch's 3 videos and the next one
     resumed = train(cfg("name=valterm", "trainer.max_epochs=2"), resume=stop.value.checkpoint)
     _assert_same_training(_state(straight), _state(resumed))
 

@@ -614,6 +614,11 @@ def train(cfg: DictConfig, resume: str | Path | None = None, extra_callbacks: li
             os.environ.pop(RUN_DIR_ENV, None)
     if resumable.stopped_by_sigterm:
         raise Interrupted(run_dir, resumable.path, resumable.signal)
+    if resumable.sigterm_requested:  # during the last validation or epoch end: training had no video left
+        last = resumable.path if resumable.path.is_file() else None
+        log.warning("SIGTERM outside a training video: %s", f"resume from {last} (the last finished epoch)"
+                    if last else "no checkpoint yet")
+        raise Interrupted(run_dir, last, "SIGTERM")
     return run_dir
 
 
