@@ -38,6 +38,7 @@ from fundus2video.io import atomic_path
 from fundus2video.limits import MAX_BLOCKS, MAX_DOWNSAMPLE, MAX_FRAMES, MAX_SIZE, MAX_WIDTH, MAX_WINDOW
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
 from fundus2video.rollout import rollout
+from fundus2video.state_dicts import first_mismatch, not_finite
 
 if TYPE_CHECKING:
     from fundus2video.module import Fundus2VideoModule
@@ -204,30 +205,6 @@ def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict
         raise _fail(where, f"generator args: input_nc {args['input_nc']} / output_nc {args['output_nc']} do not "
                            f"match window {window} (expected {3 + window} / {window})")
     return cls, {name: args[name] for name in expected}
-
-
-def first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str | None:
-    """The first disagreement between the rebuilt generator and the file, in the generator's order."""
-    for key, tensor in expected.items():
-        if key not in got:
-            return f"weight '{key}' is missing"
-        if tuple(got[key].shape) != tuple(tensor.shape):
-            return (f"weight '{key}' has shape {tuple(got[key].shape)}, the config's generator "
-                    f"{tuple(tensor.shape)}")
-        if not got[key].is_floating_point():
-            return f"weight '{key}' is {got[key].dtype}, not floating point"
-    unexpected = [key for key in got if key not in expected]
-    return f"unexpected weight '{unexpected[0]}'" if unexpected else None
-
-
-def not_finite(state: dict[str, torch.Tensor]) -> str | None:
-    """Why weights cannot generate anything, when some are NaN or infinite (a diverged run's): such a
-    generator writes black, white or grey videos that look like results."""
-    bad = [key for key, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if not bad:
-        return None
-    return (f"{len(bad)} weight tensor(s) hold NaN or infinite values (first: '{bad[0]}'): the run had diverged "
-            "when they were saved; use an earlier checkpoint")
 
 
 def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:

@@ -45,6 +45,7 @@ from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer, init_weights
 from fundus2video.networks.projector import PatchProjector, probe_channels
 from fundus2video.rollout import cf_as_frames, frames_from, num_windows, real_share, rollout, scheduled_previous
+from fundus2video.state_dicts import first_mismatch, not_finite
 
 
 class ConstantThenLinear:
@@ -412,8 +413,6 @@ def _precheck(ckpt: Path) -> None:
     meta device against the file's weights (a configuration asking for a huge network allocates
     nothing, and a mismatch names its key), and every weight finite. Files torch cannot map are left
     to the loader's own one-line error."""
-    from fundus2video.hub import first_mismatch, not_finite
-
     try:
         data = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - legacy or foreign formats: load_from_checkpoint says what they are
