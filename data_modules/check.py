@@ -8,6 +8,10 @@ Where a case carries a lesion mask (`lesion.png`: the dynamic lesions), the repo
 knowledge mask's IoU with it inside the field of view (`km_lesion_iou`, the table's `km/lesion`,
 and its median over the set): how far the unsupervised mask that guides the method is from the
 annotated lesions.
+
+With `registration` (`data check --registration`) each case's frames are also registered onto its first
+frame (`fundus2video.registration`), and the table gets a `motion_px` column: how misaligned the data set
+is, without changing it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ class CaseReport:
     # IoU of the knowledge mask with the lesion mask in the field of view: NaN without a lesion
     # mask, or when both are empty
     km_lesion_iou: float = float("nan")
+    # with `registration`: how far the frames have moved against the first (median over the frames of
+    # each one's mean displacement, pixels of the stored images), and how many could not be estimated
+    motion_px: float = float("nan")
+    motion_unsure: int = 0
     problem: str = ""  # empty when the case is usable
 
     @property
@@ -48,8 +56,9 @@ def _too_few(n: int, min_frames: int) -> str:
 
 
 def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_frames: int,
-               km_threshold: float) -> CaseReport:
-    """Load `rec` deterministically (as validation does) and measure it; never raises."""
+               km_threshold: float, registration: bool = False) -> CaseReport:
+    """Load `rec` deterministically (as validation does) and measure it; never raises. `registration`:
+    also estimate the frames' motion against the first (`fundus2video data check --registration`)."""
     report = CaseReport(rec.case_id, rec.patient_id, rec.eye)
     if rec.frames and len(rec.frames) < min_frames:  # frame files listed: too few is the first thing to say
         report.problem = _too_few(len(rec.frames), min_frames)
@@ -90,12 +99,28 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
         lesion &= roi_small
         union = int((km | lesion).sum())
         report.km_lesion_iou = float((km & lesion).sum()) / union if union else float("nan")
+    if registration:
+        _measure_motion(report, raw.frames)
     return report
 
 
+MOTION_WORK_SIDE = 256  # the motion estimate's resolution: a check, not a registration to write
+
+
+def _measure_motion(report: CaseReport, frames: np.ndarray) -> None:
+    from fundus2video.registration.estimate import register_frames
+
+    results = register_frames(frames, "similarity", work_side=MOTION_WORK_SIDE)[1:]
+    moved = [r.extent.motion_px for r in results if r.ok]
+    report.motion_px = float(np.median(moved)) if moved else float("nan")
+    report.motion_unsure = sum(not r.ok for r in results)
+
+
 def check_records(records: list[CaseRecord], size: int, min_frames: int, per_phase: int,
-                  n_frames: int, km_threshold: float, progress: bool = True) -> list[CaseReport]:
-    """Reports for every record (in order), duplicate case ids included."""
+                  n_frames: int, km_threshold: float, progress: bool = True,
+                  registration: bool = False) -> list[CaseReport]:
+    """Reports for every record (in order), duplicate case ids included; `registration`: with the frames'
+    estimated motion (slower)."""
     counts = Counter(r.case_id for r in records)
     reports = []
     # delay: no bar for a check that ends (or fails) within a second
@@ -107,7 +132,7 @@ def check_records(records: list[CaseRecord], size: int, min_frames: int, per_pha
         if rec.problem:
             reports.append(CaseReport(rec.case_id, rec.patient_id, rec.eye, problem=rec.problem))
             continue
-        reports.append(check_case(rec, size, min_frames, per_phase, n_frames, km_threshold))
+        reports.append(check_case(rec, size, min_frames, per_phase, n_frames, km_threshold, registration))
     return reports
 
 
@@ -121,6 +146,12 @@ def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
              "-" if np.isnan(r.km_fraction) else f"{r.km_fraction:.1%}",
              "-" if np.isnan(r.km_lesion_iou) else f"{r.km_lesion_iou:.2f}",
              "ok" if r.ok else "BAD"] for r in reports]
+    motion = any(not np.isnan(r.motion_px) or r.motion_unsure for r in reports)
+    if motion:  # measured only when asked (--registration): the column is there only then
+        header.insert(-1, "motion_px")
+        for r, row in zip(reports, rows, strict=True):
+            cell = "-" if np.isnan(r.motion_px) else f"{r.motion_px:.1f}"
+            row.insert(-1, cell + (f"({r.motion_unsure}?)" if r.motion_unsure else ""))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
@@ -132,6 +163,8 @@ def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
                + (f"; frames per case {min(frames)}..{max(frames)}" if frames else ""))
     if line_iou := km_lesion_line(good):
         out.append(line_iou)
+    if motion and (line_motion := motion_line(good)):
+        out.append(line_motion)
     out += [f"BAD {r.case_id}: {r.problem}" for r in bad]
     if note := short_note(good, n_frames):
         out.append(f"NOTE {note}")
@@ -146,6 +179,25 @@ def km_lesion_line(good: list[CaseReport]) -> str:
         return ""
     return (f"knowledge mask vs lesion mask: IoU median {np.median(ious):.2f} (min {min(ious):.2f}, max "
             f"{max(ious):.2f}) over {len(ious)} case(s) with a lesion mask")
+
+
+MOTION_NOTE_PX = 1.0  # frames moved more than this (median case): registration is worth running
+
+
+def motion_line(good: list[CaseReport]) -> str:
+    """One line summing up the frames' motion against each case's first frame (data check --registration)."""
+    moved = [r for r in good if not np.isnan(r.motion_px)]
+    unsure = sum(r.motion_unsure for r in good)
+    if not moved:
+        return f"frame motion: not estimated ({unsure} frame(s) could not be registered)" if unsure else ""
+    worst = max(moved, key=lambda r: r.motion_px)
+    text = (f"frame motion against the first frame: median {np.median([r.motion_px for r in moved]):.1f} px over "
+            f"{len(moved)} case(s) (max {worst.motion_px:.1f} px, {worst.case_id})")
+    if unsure:
+        text += f"; {unsure} frame(s) could not be registered (marked ?)"
+    if np.median([r.motion_px for r in moved]) > MOTION_NOTE_PX:
+        text += "; align them with: fundus2video data register SRC --out DIR"
+    return text
 
 
 def short_note(good: list[CaseReport], n_frames: int) -> str:

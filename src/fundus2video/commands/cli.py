@@ -28,6 +28,7 @@ COMMANDS = {
     "data check": "data:cmd_data_check",
     "data phantom": "data:cmd_data_phantom",
     "data import-dicom": "data:cmd_data_import_dicom",
+    "data register": "data:cmd_data_register",
     "generate": "generate:cmd_generate",
     "evaluate": "evaluate:cmd_evaluate",
     "export": "export:cmd_export",
@@ -64,7 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", help="a folder of case folders, or a manifest CSV")
     check.add_argument("--experiment", default="smoke",
                        help="experiment whose data settings apply (size, window, manifest columns)")
+    check.add_argument("--registration", action="store_true",
+                       help="also estimate how far each case's frames have moved against its first (slower: "
+                       "1-2 s a case)")
     check.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value ...")
+    reg = data_sub.add_parser("register", help="align every FFA frame and the CF onto each series' first frame",
+                              description="Register each case folder of SRC (frames onto frame 0, then the CF) "
+                              "and write registered case folders, registration.json per case, registration.csv "
+                              "and contact sheets to --out. SRC is only read. Exit status 1 when any case was "
+                              "skipped or frame dropped, 2 for usage errors. docs/REGISTRATION.md.")
+    reg.add_argument("src", help="a folder of case folders")
+    reg.add_argument("--out", required=True, help="output folder (a new or empty one, or see --overwrite)")
+    reg.add_argument("--model", choices=("rigid", "similarity", "affine"), default="similarity",
+                     help="motion model (default: similarity: shift, rotation and scale)")
+    reg.add_argument("--overwrite", action="store_true", help="replace a registration already written to --out")
     ph = data_sub.add_parser("phantom", help="write the synthetic phantom as case folders")
     ph.add_argument("--out", required=True, help="output folder")
     ph.add_argument("--cases", type=int, default=56, help="number of cases (two eyes per patient)")
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "data check":
             experiment, args.overrides = take_option(args.overrides, "--experiment")
             args.experiment = experiment or args.experiment
+            flags, args.overrides = split_flags(args.overrides, {"--registration"})
+            args.registration = args.registration or "--registration" in flags
         return handler(command)(args)
     except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`fundus2video data check|phantom|import-dicom`: data on disk."""
+"""`fundus2video data check|phantom|import-dicom|register`: data on disk."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     d = cfg.data
     records = list_records(to_plain(d))
     reports = check_records(records, d.size, cfg.model.window + 1, d.manifest.per_phase, d.n_frames,
-                            d.km_threshold, progress=sys.stderr.isatty())
+                            d.km_threshold, progress=sys.stderr.isatty(),
+                            registration=getattr(args, "registration", False))
     print(format_table(reports, d.n_frames))
     return 1 if any(not r.ok for r in reports) else 0
 
@@ -44,4 +45,13 @@ def cmd_data_import_dicom(args: argparse.Namespace) -> int:
     if report.exit_code == 2:  # the report above says what was read and skipped; stderr says why nothing came
         print(f"fundus2video: error: import-dicom: no eye found under {args.src} (no Ophthalmic Photography image "
               "with PatientID and laterality; the report above lists each file)", file=sys.stderr)
+    return report.exit_code
+
+
+def cmd_data_register(args: argparse.Namespace) -> int:
+    from fundus2video.registration.folders import register_folder
+
+    report = register_folder(args.src, args.out, model=args.model, overwrite=args.overwrite,
+                             progress=sys.stderr.isatty())
+    print("\n".join(report.lines()))
     return report.exit_code
