@@ -222,3 +222,16 @@ def test_load_vgg19_wrong_shape_or_missing_key_names_the_key(vgg_file, tmp_path)
     assert "features.0.weight" in message and "(64, 3, 3, 3)" in message
     assert "features.30.bias" in message and "(512,)" in message
     assert "classifier" not in message
+
+
+def test_gradient_variance_is_computed_in_float32_under_autocast():
+    """Under a bf16 autocast (as in bf16-mixed training) the loss is the float32 one, not bf16's rounding."""
+    g = torch.Generator().manual_seed(5)
+    fake = (torch.rand(2, 3, 24, 24, generator=g) * 2 - 1).requires_grad_()
+    real = torch.rand(2, 3, 24, 24, generator=g) * 2 - 1
+    exact = gradient_variance_loss(fake, real, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = gradient_variance_loss(fake, real, 12)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(exact.item(), rel=1e-6)
+    mixed.backward()
+    assert fake.grad is not None and torch.isfinite(fake.grad).all()

@@ -103,3 +103,31 @@ def test_frames_outside_unit_range_are_refused(backbone_files):
     video = torch.rand(1, 2, 1, 16, 16)
     with pytest.raises(ValueError, match=r"expects frames in \[0, 1\]"):
         VideoLPIPS(backbone_files["vgg"]).update(video * 2 - 1, video)
+
+
+def test_evaluation_loads_lpips_once_and_scores_each_case_alone(backbone_files, monkeypatch):
+    """The per-case LPIPS is that case's alone although one network serves every case (its backbone
+    file is read once, not once per case)."""
+    from fundus2video.commands import evaluate as ev
+    from fundus2video.metrics import lpips as lp
+
+    loads = []
+    real_init = lp.VideoLPIPS.__init__
+
+    def counting(self, *args, **kwargs):
+        loads.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(lp.VideoLPIPS, "__init__", counting)
+    scores = ev.Scores("standard", 32, lpips=str(backbone_files["alex"]), lpips_net="alex")
+    g = torch.Generator().manual_seed(2)
+    sample = {"roi": torch.ones(1, 32, 32), "km": torch.ones(1, 32, 32), "lesion": torch.zeros(1, 32, 32),
+              "phases": [""] * 2, "case_id": "c", "patient_id": "p"}
+    values = []
+    for _ in range(3):
+        fake, real = torch.rand(1, 2, 1, 32, 32, generator=g), torch.rand(1, 2, 1, 32, 32, generator=g)
+        values.append(scores.case(fake, real, sample)["lpips"])
+        alone = VideoLPIPS(backbone_files["alex"], net="alex")
+        alone.update(fake, real)
+        assert values[-1] == pytest.approx(alone.compute().item(), rel=1e-6)
+    assert len(loads) == 1 + 3  # the evaluation's one network, and the three checks' own

@@ -221,6 +221,16 @@ class Scores:
         self.skipped[name] = reason
         return None
 
+    def _lpips(self) -> Metric:
+        """One LPIPS network for the whole evaluation (its backbone file is hundreds of MB), its state
+        reset for each case."""
+        if getattr(self, "_lpips_metric", None) is None:
+            from fundus2video.metrics.lpips import VideoLPIPS
+
+            self._lpips_metric = VideoLPIPS(self.lpips_path, net=self.lpips_net).to(self.device)
+        self._lpips_metric.reset()
+        return self._lpips_metric
+
     def make(self) -> dict[str, Metric]:
         m: dict[str, Metric] = {}
         if self.standard:
@@ -230,9 +240,7 @@ class Scores:
             if self.msssim_scales:
                 m["ms_ssim"] = VideoMSSSIM(scales=self.msssim_scales)
             if self.lpips_path:
-                from fundus2video.metrics.lpips import VideoLPIPS
-
-                m["lpips"] = VideoLPIPS(self.lpips_path, net=self.lpips_net)
+                m["lpips"] = self._lpips()
         if self.paper:
             m["paper_psnr"], m["paper_ssim"] = PaperPSNR(), PaperSSIM()
             if self.i3d is not None:

@@ -60,10 +60,15 @@ def _gradient_variance(fake: torch.Tensor, real: torch.Tensor, patch_size: int,
     if min(fake.shape[2], fake.shape[3]) < patch_size:
         raise ValueError(f"image {fake.shape[2]} x {fake.shape[3]} is smaller than one "
                          f"{patch_size} x {patch_size} patch")
-    var_fake = _patch_gradient_variance(fake, kernels, patch_size)
-    var_real = _patch_gradient_variance(real, kernels, patch_size)
-    # mean over batch and patches for each direction, then x + y (two F.mse_loss in the release)
-    return ((var_fake - var_real) ** 2).mean(dim=(0, 2)).sum()
+    # in float32 whatever the training precision, as the other losses: variances of Sobel gradients
+    # square small differences, which fp16 flushes to zero and bf16 rounds to a few digits
+    with torch.autocast(device_type=fake.device.type, enabled=False):
+        dtype = torch.promote_types(fake.dtype, torch.float32)  # float64 stays float64
+        fake, real, kernels = fake.to(dtype), real.to(dtype), kernels.to(dtype)
+        var_fake = _patch_gradient_variance(fake, kernels, patch_size)
+        var_real = _patch_gradient_variance(real, kernels, patch_size)
+        # mean over batch and patches for each direction, then x + y (two F.mse_loss in the release)
+        return ((var_fake - var_real) ** 2).mean(dim=(0, 2)).sum()
 
 
 def gradient_variance_loss(fake: torch.Tensor, real: torch.Tensor, patch_size: int = 12) -> torch.Tensor:
