@@ -54,6 +54,35 @@ def atomic_path(path: str | Path):
             os.remove(tmp)
 
 
+@contextmanager
+def staged_outputs(out: str | Path, owned: set[str], tag: str = "outputs"):
+    """A command's set of output files appears together or not at all: yields a hidden staging folder
+    inside `out` to write them into; on success each is renamed into `out` (renames are instant) and
+    those of `owned` (the names the command writes) that this run did not write are removed, so no
+    earlier run's file stays beside the new ones. On any failure (a full disk, an error, Ctrl-C) the
+    staging folder goes and `out` is as it was. A staging folder a kill left behind is cleared on the
+    next run."""
+    import shutil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = f".{tag}-staging-"
+    for stale in out.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    try:
+        yield stage
+        written = {p.name for p in stage.iterdir() if p.is_file()}
+        for name in sorted(written):
+            refuse_special(out / name)
+            os.replace(stage / name, out / name)
+        for name in owned - written:
+            if (out / name).is_file():
+                (out / name).unlink()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def refuse_special(path: str | Path) -> None:
     """UserError when `path` exists and is neither a regular file nor a folder (a character or block
     device, a named pipe, a socket): no command writes over one, whatever --overwrite says."""

@@ -68,7 +68,7 @@ from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import UserError
 from fundus2video.hub import load_module
-from fundus2video.io import atomic_path, file_in_the_way
+from fundus2video.io import atomic_path, file_in_the_way, staged_outputs
 from fundus2video.knowledge import KM_THRESHOLD
 from fundus2video.metrics.image import (
     PaperPSNR,
@@ -87,6 +87,9 @@ from fundus2video.visuals import enlarge, label_band, to_uint8
 log = logging.getLogger("fundus2video")
 
 PROTOCOLS = ("standard", "paper", "both")
+# the files an evaluation writes into --out (staged together; a rerun removes those it no longer makes)
+OUTPUTS = {"metrics.json", "per_case.csv", "per_phase.csv", "contact_sheet.png", "kinetics.png",
+           "kinetics_cases.json", "kinetics_cases.png"}
 REGIONS = {"": None, "_fov": "roi", "_km": "km", "_lesion": "lesion"}  # metric suffix -> sample mask
 MASKED = {**{f"{m}{suffix}": mask for suffix, mask in REGIONS.items() for m in ("psnr", "ssim")},
           "temporal_error": "roi"}
@@ -387,29 +390,31 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
                      "of consecutive frames in the field of view",
                      "paper": "the release's formulas on [-1, 1] tensors (PSNR 6.02 dB below the convention)"},
     }
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(out / "per_case.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in case_rows for k in row)))
-        writer.writeheader()
-        writer.writerows(case_rows)
-    phases = scores.per_phase()
-    if phases:
-        with atomic_path(out / "per_phase.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(phases[0]))
+    # every file of this evaluation lands together, or none does: never one beside an earlier run's
+    with staged_outputs(out, OUTPUTS, "evaluate") as stage:
+        with atomic_path(stage / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_path(stage / "per_case.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in case_rows for k in row)))
             writer.writeheader()
-            writer.writerows(phases)
-    write_png(out / "contact_sheet.png", contact_sheet(sheet))
-    curves = kinetics.curves()
-    if curves:
-        kinetics_plot(curves, out / "kinetics.png", f"{split} split, {len(samples)} cases: real vs generated")
-    if kinetics.rows:
-        with atomic_path(out / "kinetics_cases.json") as tmp:
-            tmp.write_text(json.dumps(kinetics.cases, separators=(",", ":")) + "\n")
-        rises = kinetics.rises()
-        if rises:
-            rise_plot(rises, results, out / "kinetics_cases.png",
-                      f"{split} split: lesion rise per case, generated vs real")
+            writer.writerows(case_rows)
+        phases = scores.per_phase()
+        if phases:
+            with atomic_path(stage / "per_phase.csv") as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(phases[0]))
+                writer.writeheader()
+                writer.writerows(phases)
+        write_png(stage / "contact_sheet.png", contact_sheet(sheet))
+        curves = kinetics.curves()
+        if curves:
+            kinetics_plot(curves, stage / "kinetics.png", f"{split} split, {len(samples)} cases: real vs generated")
+        if kinetics.rows:
+            with atomic_path(stage / "kinetics_cases.json") as tmp:
+                tmp.write_text(json.dumps(kinetics.cases, separators=(",", ":")) + "\n")
+            rises = kinetics.rises()
+            if rises:
+                rise_plot(rises, results, stage / "kinetics_cases.png",
+                          f"{split} split: lesion rise per case, generated vs real")
     return out
 
 

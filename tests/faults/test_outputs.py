@@ -1,0 +1,59 @@
+"""A command's outputs appear together or not at all: an evaluation that fails midway (here a full
+disk at its fourth file) leaves the folder exactly as the previous evaluation left it, with no
+staging folder behind; a rerun never leaves an earlier run's file beside its own."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+
+import pytest
+
+from fundus2video.io import staged_outputs
+from tests.helpers.cli import run_cli
+
+pytestmark = pytest.mark.faults
+
+
+def _tree(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_evaluation_leaves_the_previous_one_whole(trained_run, tmp_path, monkeypatch):
+    ckpt = trained_run("plain") / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    assert run_cli("evaluate", "--ckpt", ckpt, "--split", "val", "--protocol", "standard", "--out", out).returncode == 0
+    before = _tree(out)
+    assert "metrics.json" in before and "contact_sheet.png" in before
+
+    from fundus2video.commands import evaluate as ev
+
+    def full_disk(path, image):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ev, "write_png", full_disk)
+    r = run_cli("evaluate", "--ckpt", ckpt, "--split", "val", "--protocol", "paper", "--out", out)
+    assert r.returncode == 2 and "no space left on device" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _tree(out) == before  # not one new file beside the old ones, and no staging folder
+
+
+def test_staged_outputs_swap_in_together_and_drop_what_the_run_no_longer_writes(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("old a")
+    (out / "b.txt").write_text("old b")
+    (out / "mine.txt").write_text("the user's")
+    with staged_outputs(out, {"a.txt", "b.txt"}, "t") as stage:
+        (stage / "a.txt").write_text("new a")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "mine.txt"]
+    assert (out / "a.txt").read_text() == "new a"
+    with pytest.raises(RuntimeError):
+        with staged_outputs(out, {"a.txt"}, "t") as stage:
+            (stage / "a.txt").write_text("half")
+            raise RuntimeError("killed midway")
+    assert (out / "a.txt").read_text() == "new a" and sorted(p.name for p in out.iterdir()) == ["a.txt", "mine.txt"]
+    (out / ".t-staging-left").mkdir()  # what a kill -9 leaves: cleared by the next run
+    with staged_outputs(out, {"a.txt"}, "t") as stage:
+        (stage / "a.txt").write_text("a")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "mine.txt"]
