@@ -838,6 +838,9 @@ def import_dicom(src: str | Path, out: str | Path, anonymize: bool = False, key:
 
 def _write_all(report: Report, todo: list[Eye], out: Path, overwrite: bool, min_frames: int, progress: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed import left (patient images in a hidden folder nobody knows of): gone first
+    for stale in (*out.parent.glob(f".{out.name}.import-*"), *out.parent.glob(f".{out.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
         for eye in tqdm(todo, desc="writing cases", unit="eye", disable=not progress, leave=False):

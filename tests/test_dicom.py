@@ -449,3 +449,31 @@ def test_dicom_times_and_the_choice_between_colour_photos():
     frames, source, left = dicom.order_frames([obj("x", 2, None), obj("y", 1, None)])
     assert [f.obj.rel for f in frames] == ["y", "x"] and source == "InstanceNumber (times unknown)" and not left
     assert dicom.safe_name("../A B/c") == "A_B_c" and dicom.safe_name("..") == "patient"
+
+
+def test_sigterm_mid_import_leaves_no_patient_image_behind(clean, tmp_path, monkeypatch):
+    """SIGTERM (a scheduler, `timeout`) ends the import as an exception: its hidden staging folder of
+    patient images goes with it, exit 143; one a SIGKILL left is removed by the next import."""
+    import os
+    import signal
+
+    from tests.helpers.cli import run_cli
+
+    real, count = dicom._write_png, {"n": 0}
+
+    def terminated(path, image):
+        count["n"] += 1
+        if count["n"] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(path, image)
+
+    monkeypatch.setattr(dicom, "_write_png", terminated)
+    r = run_cli("data", "import-dicom", clean[0], "--out", tmp_path / "cases")
+    assert r.returncode == 143 and "stopped by SIGTERM" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+    monkeypatch.setattr(dicom, "_write_png", real)
+    (tmp_path / ".cases.import-left").mkdir()  # what a SIGKILL leaves
+    (tmp_path / ".cases.import-left" / "cf.png").write_bytes(b"patient")
+    assert run_cli("data", "import-dicom", clean[0], "--out", tmp_path / "cases").returncode in (0, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases"]

@@ -10,10 +10,13 @@ User errors end with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from fundus2video.commands import demo as demo_cli
 from fundus2video.commands import export as export_cli
@@ -181,6 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that handle SIGTERM themselves: training saves at a video's end (Lightning's handler and
+# ours), a study passes it to its units, the demo's server stops on its own
+OWN_SIGTERM = ("train", "study", "ablation", "sweep", "demo")
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds(command: str):
+    """SIGTERM (a scheduler, `timeout`, `kill`) ends the other commands as an exception, not at once:
+    every `finally` runs, so temporary files and staging folders (a DICOM import's patient images
+    among them) are removed, and nothing half-written stays. Exit status 143."""
+    if command in OWN_SIGTERM or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up runs once, undisturbed
+        print(f"fundus2video: stopped by SIGTERM; {command} removed what it had not finished", file=sys.stderr)
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
@@ -198,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             args.experiment = experiment or args.experiment
             flags, args.overrides = split_flags(args.overrides, {"--registration"})
             args.registration = args.registration or "--registration" in flags
-        return handler(command)(args)
+        with _sigterm_unwinds(command):
+            return handler(command)(args)
     except UserError as err:  # configuration and data problems: the message says it all
         print(f"fundus2video: error: {err}", file=sys.stderr)
         return 2
