@@ -80,3 +80,16 @@ def test_a_hub_folder_with_nan_weights_is_refused(ckpt, photo, tmp_path):
     assert not (tmp_path / "v.mp4").exists()
     json.loads((folder / "config.json").read_text())  # the folder itself is left as it was
     assert np.isnan(load_file(str(folder / "model.safetensors"))[key].numpy()).all()
+
+
+def test_evaluate_a_hub_folder_needs_data_and_then_scores_it(ckpt, tmp_path):
+    """A Hub folder carries the generator, not its training data: without --data one line says so
+    (it was a traceback); with --data the folder is scored like a checkpoint."""
+    folder = tmp_path / "hub"
+    assert run_cli("export", "--ckpt", ckpt, "--format", "hub", "--out", folder).returncode == 0
+    r = run_cli("evaluate", "--ckpt", folder, "--split", "val", "--protocol", "standard", "--out", tmp_path / "e")
+    assert r.returncode == 2 and "give --data" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("evaluate", "--ckpt", folder, "--data", "phantom", "--split", "val", "--protocol", "standard",
+                "--out", tmp_path / "e")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]["psnr"] > 0

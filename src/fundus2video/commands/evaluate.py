@@ -56,6 +56,7 @@ import math
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -97,8 +98,20 @@ MASKED = {**{f"{m}{suffix}": mask for suffix, mask in REGIONS.items() for m in (
 
 def _datamodule(module: Fundus2VideoModule, ckpt: Path, data: str | None) -> Fundus2VideoDataModule:
     """The checkpoint's own data (and its run's split.csv) unless `data` names `phantom`, a folder of
-    case folders or a manifest CSV; every split read as validation reads it, with the lesion masks."""
-    cfg = to_plain(module.cfg.data)
+    case folders or a manifest CSV; every split read as validation reads it, with the lesion masks.
+    A Hub folder holds a generator without its training data: it is scored on `data` (required), read
+    with the default data settings at the folder's size and frame count."""
+    if isinstance(module.cfg.data, SimpleNamespace):
+        if not data:
+            raise UserError(f"--ckpt {ckpt}: a Hub folder carries the generator, not the data it was trained on; "
+                            "give --data (a folder of case folders, a manifest CSV, or phantom)")
+        from fundus2video.config import load_config
+
+        hub = module.cfg.data
+        defaults = load_config(None, [f"data.size={hub.size}", f"data.n_frames={hub.n_frames}"])
+        cfg = to_plain(defaults.data)
+    else:
+        cfg = to_plain(module.cfg.data)
     if data == "phantom":
         cfg["source"] = "phantom"
     elif data:
@@ -366,7 +379,7 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
     size = module.cfg.data.size
     annotated = any(LesionKinetics.applies(s) for s in samples)
     reference, reference_note = training_rise(module, ckpt, None if data else dm) if annotated else ({}, "")
-    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, module.cfg.data.km_threshold, device,
+    scores = Scores(protocol, size, i3d, lpips, lpips_net, i3d_size, dm.cfg["km_threshold"], device,
                     reference)
     case_rows, sheet = score_samples(module, samples, scores, device, bf16, sheet_cases, desc=f"evaluating {split}")
     results = scores.results()
@@ -381,7 +394,7 @@ def evaluate(ckpt: str | Path, data: str | None = None, split: str = "test", pro
             how = f"{reference_note}; the scored set's own mean for the kinds that split lacks ({source})"
         scores.settings["const_rise"] = f"the constant predictor of rise_skill_<kind>: {how}"
     report = {
-        "checkpoint": str(ckpt.resolve()), "data": data or f"checkpoint's own ({module.cfg.data.source})",
+        "checkpoint": str(ckpt.resolve()), "data": data or f"checkpoint's own ({dm.cfg['source']})",
         "split": split, "n_cases": len(samples), "size": size, "bf16": bf16,
         "metrics": {k: _fmt(v) for k, v in results.items()}, "skipped": scores.skipped,
         **({"const_rise_source": kinetics.const_rise_source()} if kinetics.rows else {}),
