@@ -84,6 +84,14 @@ class Fundus2VideoDataModule(L.LightningDataModule):
                 records = [r for r in records if r.case_id not in bad]
             if note := short_note([r for r in reports if r.ok], cfg["n_frames"]):
                 log.warning("%s", note)
+            by_phase = cfg["source"] == "manifest" and cfg["manifest"]["per_phase"] > 0
+            lengths = {min(r.n_frames, cfg["n_frames"]) for r in reports if r.ok}
+            if cfg["batch_size"] > 1 and (len(lengths) > 1 or by_phase):
+                # a batch stacks its videos: they must have one length (the release trains with batch 1)
+                why = ("a manifest's frames are drawn per phase, so videos differ in length" if by_phase else
+                       f"its cases have {min(lengths)} to {max(lengths)} frames (data.n_frames={cfg['n_frames']})")
+                raise DataError(f"{cfg['root']}: data.batch_size={cfg['batch_size']} needs videos of one length, but "
+                                f"{why}; use data.batch_size=1, or drop the short cases")
         patients = {r.case_id: r.patient_id for r in records}
         split_cfg = cfg["split"]
         if split_cfg["file"]:

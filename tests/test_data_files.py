@@ -437,3 +437,22 @@ def test_an_output_under_a_file_is_named_as_such(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         f"fundus2video: error: {tmp_path / 'notes.txt'} is a file, not a folder (needed for"), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_batch_of_videos_of_different_lengths_is_refused_before_training(tmp_path):
+    """data.batch_size=2 over cases of 8 and 5 frames: one line before training (the batch could not be
+    stacked mid-epoch), naming the lengths; batch 1 trains on them."""
+    from fundus2video.data_modules.phantom_files import write_phantom
+    from tests.helpers.cli import run_cli
+
+    root = write_phantom(tmp_path / "data", 4, size=64, n_frames=8, video="png", progress=False)
+    for t in range(5, 8):
+        (root / "phantom0001" / "ffa" / f"{t:03d}.png").unlink()
+    rows = (root / "cases.csv").read_text().splitlines()
+    (root / "cases.csv").write_text("\n".join(
+        ",".join([*r.split(",")[:3], ";".join(r.split(",")[3].split(";")[:5])]) if r.startswith("phantom0001") else r
+        for r in rows) + "\n")
+    r = run_cli("train", "smoke", "data.source=folders", f"data.root={root}", "data.n_frames=8", "data.batch_size=2",
+                "data.size=32", f"logging.root={tmp_path / 'runs'}")
+    assert r.returncode == 2 and "data.batch_size=2 needs videos of one length" in r.stderr, r.stderr
+    assert "5 to 8 frames" in r.stderr and not (tmp_path / "runs").exists()
