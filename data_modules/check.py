@@ -136,11 +136,17 @@ def check_records(records: list[CaseRecord], size: int, min_frames: int, per_pha
     return reports
 
 
+def shown(text: str) -> str:
+    """A name as a terminal may print it: control characters (escape sequences, newlines) escaped, so
+    a folder's name can neither forge output lines nor drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
     """A plain-text table, one row per case, then the bad cases with their reasons. `n_frames`: the
     frames per video asked for (`data.n_frames`), to name the cases that have fewer."""
     header = ["case", "patient", "eye", "frames", "phases", "size", "roi", "km", "km/lesion", "status"]
-    rows = [[r.case_id, r.patient_id, r.eye or "-", str(r.n_frames) if r.n_frames else "-",
+    rows = [[shown(r.case_id), shown(r.patient_id), shown(r.eye) or "-", str(r.n_frames) if r.n_frames else "-",
              r.phases or "-", r.image_size or "-",
              "-" if np.isnan(r.roi_fraction) else f"{r.roi_fraction:.0%}",
              "-" if np.isnan(r.km_fraction) else f"{r.km_fraction:.1%}",
@@ -165,7 +171,7 @@ def format_table(reports: list[CaseReport], n_frames: int = 0) -> str:
         out.append(line_iou)
     if motion and (line_motion := motion_line(good)):
         out.append(line_motion)
-    out += [f"BAD {r.case_id}: {r.problem}" for r in bad]
+    out += [f"BAD {shown(r.case_id)}: {shown(r.problem)}" for r in bad]
     if note := short_note(good, n_frames):
         out.append(f"NOTE {note}")
     return "\n".join(out)
@@ -206,7 +212,7 @@ def short_note(good: list[CaseReport], n_frames: int) -> str:
     short = [r for r in good if not r.phases and 0 < r.n_frames < n_frames]
     if not short:
         return ""
-    names = ", ".join(r.case_id for r in short[:4]) + (" ..." if len(short) > 4 else "")
+    names = ", ".join(shown(r.case_id) for r in short[:4]) + (" ..." if len(short) > 4 else "")
     return (f"{len(short)} case(s) have fewer frames than data.n_frames={n_frames} and are used with all "
             f"they have ({min(r.n_frames for r in short)}..{max(r.n_frames for r in short)}): {names}")
 
@@ -214,11 +220,11 @@ def short_note(good: list[CaseReport], n_frames: int) -> str:
 def bad_cases_message(reports: list[CaseReport]) -> str:
     """Every bad case with its reason, one per line (for a log)."""
     bad = [r for r in reports if not r.ok]
-    return f"{len(bad)} bad case(s):\n" + "\n".join(f"  {r.case_id}: {r.problem}" for r in bad)
+    return f"{len(bad)} bad case(s):\n" + "\n".join(f"  {shown(r.case_id)}: {shown(r.problem)}" for r in bad)
 
 
 def bad_cases_line(reports: list[CaseReport], limit: int = 3) -> str:
     """The bad cases in one line (an error): the first `limit` with their reasons, then a count."""
     bad = [r for r in reports if not r.ok]
-    shown = "; ".join(f"{r.case_id}: {r.problem}" for r in bad[:limit])
-    return f"{len(bad)} bad case(s): {shown}" + (f"; and {len(bad) - limit} more" if len(bad) > limit else "")
+    first = "; ".join(f"{shown(r.case_id)}: {shown(r.problem)}" for r in bad[:limit])
+    return f"{len(bad)} bad case(s): {first}" + (f"; and {len(bad) - limit} more" if len(bad) > limit else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,14 @@ def nearest_key(key: str) -> str | None:
     return close[0] if close else None
 
 
+def _short(value: Any) -> str:
+    """A found value as a message shows it: its repr, cut short (a file's content has no place there)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+KEY_SHAPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+){0,6}")  # what a configuration key looks like
+
 # OmegaConf's own errors, and the TypeError it raises for a list given where a mapping belongs
 MERGE_ERRORS = (OmegaConfBaseException, TypeError)
 
@@ -315,10 +324,14 @@ def _explain(err: Exception, source: str, item: str = "") -> ConfigError:
         if key in RENAMED:
             return ConfigError(f"{source}: '{key}' was renamed to '{RENAMED[key]}' (same meaning): write "
                                f"{RENAMED[key]}")
+        if not KEY_SHAPE.fullmatch(key):
+            # not a key at all: a file that is no experiment (its text is not echoed: it may be private)
+            return ConfigError(f"{source}: not an experiment file (its keys are not configuration keys; expected "
+                               "sections such as data:, model:, loss:)")
         close = nearest_key(key)
         hint = f"; did you mean '{close}'?" if close else ""
         return ConfigError(f"{source}: unknown key '{key}'{hint}")
-    return ConfigError(f"{source}: bad value for '{key}': {msg}")
+    return ConfigError(f"{source}: bad value for '{key}': {msg[:300]}")
 
 
 def parse_overrides(args: list[str]) -> list[str]:
@@ -374,7 +387,7 @@ def _read_yaml(path: Path) -> DictConfig:
         value = OmegaConf.select(loaded, section, default=None)
         if value is not None and not isinstance(value, DictConfig):
             raise ConfigError(f"{path}: '{section}' must be a mapping of keys (e.g. {section.split('.')[-1]}: "
-                              f"{{key: value}}); found {value!r}")
+                              f"{{key: value}}); found {_short(value)}")
     return loaded
 
 
