@@ -435,6 +435,10 @@ def _read_mask(path: Path, cf: np.ndarray) -> np.ndarray:
     """A mask image at the CF's size, as bool (> 127)."""
     mask = read_frame(path)
     if mask.shape != cf.shape[:2]:
+        (h, w), (mh, mw) = cf.shape[:2], mask.shape
+        if abs(w / h - mw / mh) > 0.02 * (w / h):  # a mask of another picture: stretched, it would mark wrong pixels
+            raise CaseError(f"{path}: the mask is {mw}x{mh} but the CF is {w}x{h} (a different aspect; expected a "
+                            "mask drawn on this case's images)")
         mask = cv2.resize(mask, cf.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     return mask > 127
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fundus2video.data_modules.cases import CaseError, CaseRecord, load_case
+from fundus2video.data_modules.cases import CaseError, CaseRecord, image_size, load_case
 from fundus2video.knowledge import FRAME_MIN, crop_to_roi, knowledge_mask
 
 
@@ -63,6 +63,17 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
     if rec.frames and len(rec.frames) < min_frames:  # frame files listed: too few is the first thing to say
         report.problem = _too_few(len(rec.frames), min_frames)
         return report
+    if rec.frames:  # training draws any listed frame, the check reads a selection: all are sized here
+        sizes = {}
+        for frame in rec.frames:
+            sizes.setdefault(image_size(frame.path), []).append(frame.path.name)
+        known = {k: v for k, v in sizes.items() if k is not None}
+        if len(known) > 1:
+            (common, _), *others = sorted(known.items(), key=lambda kv: -len(kv[1]))
+            odd = [name for _, names in others for name in names]
+            report.problem = (f"frames differ in size: {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''} "
+                              f"not {common[0]}x{common[1]} like the others")
+            return report
     try:
         raw = load_case(rec, per_phase, n_frames, rng=None)
     except CaseError as err:
@@ -82,6 +93,11 @@ def check_case(rec: CaseRecord, size: int, min_frames: int, per_phase: int, n_fr
     white = [name for name, f in zip(raw.frame_names, raw.frames, strict=True) if f.min() >= 255 - FRAME_MIN]
     if white:
         report.problem = f"all-white frame(s): {', '.join(white[:4])}{' ...' if len(white) > 4 else ''}"
+        return report
+    # one grey level everywhere (a test card, a failed export): no angiogram, and no dark border either
+    flat = [name for name, f in zip(raw.frame_names, raw.frames, strict=True) if int(f.max()) - int(f.min()) <= 2]
+    if flat:
+        report.problem = f"uniform frame(s), one grey level: {', '.join(flat[:4])}{' ...' if len(flat) > 4 else ''}"
         return report
     try:
         crop = crop_to_roi(raw.cf, raw.frames, {"lesion": raw.lesion} if raw.lesion is not None else None)

@@ -28,6 +28,7 @@ def _case(root, name: str, lesion: tuple[slice, slice] | None, empty_lesion: boo
     cv2.imwrite(str(case / "cf.png"), cf[..., ::-1])
     for t in range(T):
         frame = np.full((SIZE, SIZE), 60, np.uint8)
+        frame[0, 0] = 0  # an angiogram is never one grey level (data check refuses such a frame)
         if moving and t >= 2:
             frame[BRIGHT] = 200
         cv2.imwrite(str(case / "ffa" / f"{t:03d}.png"), frame)

@@ -52,3 +52,23 @@ def test_generate_and_data_check_say_it_in_one_line(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
     out = r.stdout + r.stderr
     assert "phantom0001" in out and "declares 100000x100000" in out and "2 ok" in out, out
+
+
+def test_data_check_finds_what_training_would_trip_on_later(tmp_path):
+    """A frame of another size among the listed ones (training draws any of them), a lesion mask of
+    another aspect (it would be stretched onto wrong pixels), a frame of one grey level: each case is
+    named bad with its reason; the good one stays ok."""
+    import cv2
+    import numpy as np
+
+    root = write_phantom(tmp_path / "data", 4, size=64, n_frames=6, video="png", progress=False)
+    frame = root / "phantom0001" / "ffa" / "003.png"
+    cv2.imwrite(str(frame), cv2.resize(cv2.imread(str(frame), cv2.IMREAD_GRAYSCALE), (48, 48)))
+    cv2.imwrite(str(root / "phantom0002" / "lesion.png"), np.zeros((32, 64), np.uint8))
+    cv2.imwrite(str(root / "phantom0003" / "ffa" / "002.png"), np.full((64, 64), 128, np.uint8))
+    r = run_cli("data", "check", root)
+    out = r.stdout + r.stderr
+    assert "BAD phantom0001: frames differ in size: 003.png not 64x64" in out, out
+    assert "BAD phantom0002:" in out and "the mask is 64x32 but the CF is 64x64" in out, out
+    assert "BAD phantom0003: uniform frame(s), one grey level: 002.png" in out, out
+    assert "4 cases, 1 ok, 3 bad" in out
