@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import shutil
 
 import cv2
@@ -82,6 +83,91 @@ def test_what_cannot_be_registered_is_flagged():
     noise = (rng.random(case.cf.shape) * [200, 90, 40]).astype(np.uint8)  # orange, but no fundus
     flagged = register_cf(noise, case.frames[0])
     assert not flagged.ok and flagged.problem
+
+
+# ------------------------------------------------------------------ wide ranges
+# Beyond the realistic preset's: the eye moves up to 5 % of the image side per axis and 5 degrees between
+# frames, the CF's camera differs by a scale of 0.8-1.25, 10 degrees and 5 % of the side.
+WIDE_FRAME = {"shift": 0.05, "rotation": 5.0, "scale": (0.97, 1.03)}
+WIDE_CF = {"shift": 0.05, "rotation": 10.0, "scale": (0.8, 1.25)}
+WIDE_SIZE = 256
+
+
+def _similarity(rng, size, shift, rotation, scale):
+    """A similarity about the image centre (as the phantom's), drawn uniformly in the ranges given (the scale
+    log-uniformly)."""
+    c = (size - 1) / 2
+    m = cv2.getRotationMatrix2D((c, c), rng.uniform(-rotation, rotation),
+                                math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1]))))
+    m[:, 2] += rng.uniform(-shift, shift, 2) * size
+    return m
+
+
+def _misaligned(frames, cf, seed):
+    """Frames 1.. and the CF of an aligned case moved by known transforms in the wide ranges; returns them with
+    the true frame -> frame 0 and CF -> frame 0 matrices (the phantom's convention)."""
+    rng = np.random.default_rng(seed)
+    size = frames.shape[1]
+    moved, truth = frames.copy(), [IDENTITY]
+    for k in range(1, len(frames)):
+        m = _similarity(rng, size, **WIDE_FRAME)
+        moved[k] = cv2.warpAffine(frames[k], m, (size, size), flags=cv2.INTER_LINEAR)
+        truth.append(invert(m))
+    m = _similarity(rng, size, **WIDE_CF)
+    return moved, cv2.warpAffine(cf, m, (size, size), flags=cv2.INTER_LINEAR), truth, invert(m)
+
+
+def _register_and_measure(frames, cf, truth, cf_truth):
+    """Grid-point errors of the frames and of the CF against the truth, and without registration. Every
+    estimate counts, flagged or not; one more than 3 px off must be flagged (never written as registered)."""
+    size = frames.shape[1]
+    results = register_frames(frames)
+    cf_result = register_cf(cf, composite(frames, results))
+    pairs = list(zip(results[1:], truth[1:])) + [(cf_result, cf_truth)]
+    errors = [mean_distance(r.matrix, t, size, size) for r, t in pairs]
+    silent = [(k, round(e, 2)) for k, ((r, _), e) in enumerate(zip(pairs, errors)) if e > 3 and r.ok]
+    assert not silent, silent
+    return errors[:-1], errors[-1], [mean_distance(IDENTITY, t, size, size) for _, t in pairs]
+
+
+def _within_bounds(errors, what):
+    """The owner's bounds at 256 px: median under 1 px, 95th percentile under 3."""
+    assert np.median(errors) < 1.0 and np.percentile(errors, 95) < 3.0, (what, np.round(errors, 2))
+
+
+def test_wide_ranges_of_motion_and_camera_are_recovered():
+    """A dozen aligned phantom cases (whose first frame is taken as the dye arrives: little to register
+    against) moved by known transforms in the wide ranges."""
+    frame_errors, cf_errors, unregistered = [], [], []
+    for index in range(12):
+        case = make_case(index, size=WIDE_SIZE, n_frames=6)
+        frames, cf, truth, cf_truth = _misaligned(case.frames, case.cf, seed=index)
+        errors, cf_error, before = _register_and_measure(frames, cf, truth, cf_truth)
+        frame_errors += errors
+        cf_errors.append(cf_error)
+        unregistered += before
+    assert np.median(unregistered) > 8  # the motion is there to be found
+    _within_bounds(frame_errors, "frames")
+    _within_bounds(cf_errors, "CF")
+
+
+def test_exposure_changes_and_a_filling_lesion_do_not_move_the_estimate():
+    """Frames at 20-600 s, in which leakage and pooling fill against a darkening background, each with its own
+    camera gain (0.7-1.3) and offset, moved in the wide ranges."""
+    times = np.array([20.0, 40.0, 80.0, 160.0, 320.0, 600.0])
+    rng = np.random.default_rng(7)
+    frame_errors = []
+    for index in (0, 1, 5, 7):  # cases with a leakage or pooling lesion
+        case = make_case(index, size=WIDE_SIZE, times=times)
+        inside = case.fov & ~case.lesion
+        contrast = [float(f[case.lesion].mean() - f[inside].mean()) for f in case.frames]
+        assert contrast[-1] - contrast[0] > 50, contrast  # the lesion fills between the frames
+        gain, offset = rng.uniform(0.7, 1.3, len(times)), rng.uniform(-15.0, 15.0, len(times))
+        exposed = np.stack([np.clip(f * g + o * case.fov, 0, 255) for f, g, o in zip(case.frames, gain, offset)])
+        frames, cf, truth, cf_truth = _misaligned(exposed.astype(np.uint8), case.cf, seed=100 + index)
+        errors, _, _ = _register_and_measure(frames, cf, truth, cf_truth)
+        frame_errors += errors
+    _within_bounds(frame_errors, "frames")
 
 
 # ------------------------------------------------------------------ the command
@@ -221,6 +307,63 @@ def test_bad_input_gives_one_line(source, tmp_path, capsys):
     assert (out / "phantom0000" / "notes.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
     assert "is a file" in error(str(tmp_path / "file"), "--out", str(tmp_path / "o"))
+
+
+def test_bad_cases_get_one_line_each_and_src_is_untouched(tmp_path, capsys):
+    """One frame, a blank frame (between others, and as frame 0), a CF with no vessels, frames of different
+    sizes: each case's reason on one line of the summary and of registration.csv, no traceback; the
+    cases that can be written are; SRC is only read."""
+    src = tmp_path / "src"
+    write_phantom(src, 6, size=SIZE, n_frames=3, video="png", progress=False, preset="realistic")
+    table = (src / "cases.csv").read_text().splitlines()  # phantom0000 is left as it is
+    for p in sorted((src / "phantom0005" / "ffa").iterdir())[1:]:  # one frame, one time
+        p.unlink()
+    table[6] = table[6].rsplit(",", 1)[0] + "," + table[6].rsplit(",", 1)[1].split(";")[0]
+    (src / "cases.csv").write_text("\n".join(table) + "\n")
+    black = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.imwrite(str(src / "phantom0001" / "ffa" / "001.png"), black)  # a blank frame between others: dropped
+    cv2.imwrite(str(src / "phantom0002" / "ffa" / "000.png"), black)  # a blank frame 0: nothing to register onto
+    disc = np.zeros((SIZE, SIZE, 3), np.uint8)
+    cv2.circle(disc, (SIZE // 2, SIZE // 2), SIZE // 2 - 4, (40, 90, 200), -1)  # BGR: a uniform orange disc
+    cv2.imwrite(str(src / "phantom0003" / "cf.png"), disc)
+    small = cv2.imread(str(src / "phantom0004" / "ffa" / "001.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(src / "phantom0004" / "ffa" / "001.png"), cv2.resize(small, (SIZE - 32, SIZE - 32)))
+    before = _snapshot(src)
+    out = tmp_path / "registered"
+    assert _register(src, out) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "", captured.err
+    lines = captured.out.strip().splitlines()
+    expected = {"phantom0005": "only 1 frame (a series to register needs at least 2)",
+                "phantom0002": "frame 0 000.png: no field of view",
+                "phantom0003": "CF: no vessels or other structure in the field of view",
+                "phantom0004": "FFA frames differ in size"}
+    skipped = {line.split()[1].rstrip(":"): line for line in lines if line.startswith("SKIPPED ")}
+    assert sorted(skipped) == sorted(expected), lines
+    for case_id, reason in expected.items():
+        assert reason in skipped[case_id], skipped[case_id]
+    assert [line for line in lines if line.startswith("DROPPED ")] == [
+        "DROPPED phantom0001 001.png: no field of view (a blank or black image?)"]
+    assert lines[-1].startswith("registered 2 of 6 case(s)") and len(lines) == 6, lines
+    rows = list(csv.DictReader(open(out / "registration.csv")))
+    for case_id, reason in expected.items():
+        problems = {r["problem"] for r in rows if r["case_id"] == case_id}
+        assert all("\n" not in p for p in problems), problems
+        assert any(reason.split(": ")[-1] in p for p in problems), problems  # the image's own problem
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["phantom0000", "phantom0001"]
+    assert sorted(p.name for p in (out / "phantom0001" / "ffa").iterdir()) == ["000.png", "001.png"]
+    assert _snapshot(src) == before
+
+
+def test_an_error_on_unforeseen_images_skips_the_case_not_the_run(source, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise cv2.error("OpenCV(5.1.0) imgwarp.cpp:1454: error: (-215:Assertion failed)\n  in function 'remap'")
+
+    monkeypatch.setattr("fundus2video.registration.folders.register_frames", broken)
+    assert _register(source, tmp_path / "registered") == 1
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines()[0] == "SKIPPED phantom0000: registration failed (error: in function 'remap')"
 
 
 def test_matrices_follow_the_phantom_convention():

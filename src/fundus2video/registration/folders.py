@@ -34,6 +34,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -224,6 +225,8 @@ def _entry(result: PairResult, **extra) -> dict:
 def _decide(results: list[PairResult], cf: PairResult, names: list[str]) -> tuple[str, list[int]]:
     """The reason to skip the case ('' to write it) and the frames to drop."""
     failed = [k for k in range(1, len(results)) if not results[k].ok]
+    if not results[0].ok:  # nothing else could register onto it, the CF included
+        return f"frame 0 {names[0]}: {results[0].problem}", failed
     if not cf.ok:
         return f"CF: {cf.problem}", failed
     if failed and len(failed) == len(results) - 1:
@@ -250,8 +253,15 @@ def register_case_folder(rec: CaseRecord, case_dir: Path | None, model: str, wor
         return outcome
     frames, names = series.frames, series.names
     h, w = frames.shape[1:]
-    results = register_frames(frames, model, work_side, progress)
-    cf_result = register_cf(series.cf, composite(frames, results, work_side), model, work_side)
+    try:
+        results = register_frames(frames, model, work_side, progress)
+        cf_result = register_cf(series.cf, composite(frames, results, work_side), model, work_side)
+    except (cv2.error, ValueError, ArithmeticError) as err:  # images no check foresaw: this case, not the run
+        detail = (str(err).strip().splitlines() or [""])[-1].strip()  # OpenCV's messages run over several lines
+        reason = f"registration failed ({type(err).__name__}: {detail})"
+        outcome.status, outcome.reason = "skipped", reason
+        outcome.row = figures.row(rec.case_id, f"SKIPPED: {reason}", None, SHEET_SIDE, True)
+        return outcome
     reason, dropped = _decide(results, cf_result, names)
     width = max(3, len(str(len(frames) - 1)))
     kept = [k for k in range(len(frames)) if k not in dropped]
