@@ -40,7 +40,7 @@ import pydicom
 from tqdm import tqdm
 
 from fundus2video.errors import UserError
-from fundus2video.io import atomic_path, file_in_the_way, refuse_special
+from fundus2video.io import atomic_path, file_in_the_way, refuse_special, swap_folder_into_place
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
 OP_16BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.2"  # Ophthalmic Photography 16 Bit Image Storage
@@ -869,24 +869,11 @@ def _umask() -> int:
 
 
 def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder onto `out`; an old `out` is moved aside first and removed
-    only once the new one is in place."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    if not overwrite:  # cases appeared while importing
+    """The finished folder onto `out` (an old one kept until the new one is in place), unless cases
+    appeared in `out` while importing and --overwrite was not given."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DicomImportError(f"import-dicom: --out {out} already holds cases (add --overwrite to replace them)")
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder_into_place(tmp, out)
 
 
 # ------------------------------------------------------------------ the report

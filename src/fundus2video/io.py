@@ -83,6 +83,27 @@ def staged_outputs(out: str | Path, owned: set[str], tag: str = "outputs"):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def swap_folder_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` onto `out`; an old `out` is moved aside first and removed only
+    once the new one is in place (a failure puts it back)."""
+    import shutil
+
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def refuse_special(path: str | Path) -> None:
     """UserError when `path` exists and is neither a regular file nor a folder (a character or block
     device, a named pipe, a socket): no command writes over one, whatever --overwrite says."""

@@ -47,7 +47,7 @@ from fundus2video.data_modules.cases import (
     read_video_frames,
 )
 from fundus2video.errors import UserError
-from fundus2video.io import atomic_path, file_in_the_way
+from fundus2video.io import atomic_path, file_in_the_way, swap_folder_into_place
 from fundus2video.limits import MAX_FRAMES
 from fundus2video.registration import figures
 from fundus2video.registration.estimate import (
@@ -354,25 +354,6 @@ def _umask() -> int:
     return mask
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder onto `out`; an old `out` is moved aside first and removed only once
-    the new one is in place."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def register_folder(src: str | Path, out: str | Path, model: str = "similarity", overwrite: bool = False,
                     progress: bool = False, work_side: int = WORK_SIDE) -> RegisterReport:
     """Register every case folder of `src` into `out` (see the module doc). Usage problems raise
@@ -400,7 +381,7 @@ def register_folder(src: str | Path, out: str | Path, model: str = "similarity",
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
         if out.is_dir() and any(out.iterdir()):  # checked again: the old registration goes only now
             check_options(src, out, model, overwrite)
-        _swap_into_place(tmp, out)
+        swap_folder_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
