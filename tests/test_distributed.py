@@ -162,9 +162,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
-    """torchrun --nnodes=2 on 127.0.0.1, one process per "node": every rank reads RANK, so each used to
-    make a run directory (and a wandb run) of its own. Now rank 0 makes it and posts it in torchrun's
-    store; the other node uses it; one `latest`, one wandb run."""
+    """torchrun --nnodes=2 on 127.0.0.1, one process per "node": every rank has RANK set and none shares
+    a process with rank 0, so each could make a run directory (and a wandb run) of its own. Rank 0
+    makes it and posts it in torchrun's store; the other node uses it; one `latest`, one wandb run."""
     out, port = tmp_path / "out", _free_port()
     out.mkdir()
     torchrun = Path(sys.executable).with_name("torchrun")
