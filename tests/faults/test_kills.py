@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 SPEC = """variants: [pix2pixhd]
-seeds: [0]
+seeds: [0, 1]  # the second unit waits: a SIGTERM must not start it
 budget:
   data: {size: 32, n_frames: 4, num_workers: 0, phantom: {render_size: 64, n_train: 8, n_val: 1, n_test: 1}}
   model: {generator: {ngf: 8, n_downsample: 2, n_blocks: 1}, discriminator: {ndf: 8, n_layers: 2}}
@@ -70,6 +70,7 @@ def test_sigterm_to_the_study_stops_its_unit_and_leaves_no_worker(tmp_path):
         assert _session_pids(proc.pid) == []  # no orphaned worker
         assert "SIGTERM: saved" in (unit / "log.txt").read_text()
         assert not (tmp_path / "results" / "pix2pixhd" / "seed0.json").exists()
+        assert not (unit.parent / "seed1").exists(), "a waiting unit started after the SIGTERM"
         dry = subprocess.run([sys.executable, "-m", "fundus2video", "study", str(tmp_path / "long.yaml"),
                               "--dry-run", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -466,10 +466,9 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker)
         previous = _forward_sigterm(pool)
         try:
-            futures = {pool.submit(run_unit, spec, u, threads): u for u in pending}
-            bar = tqdm(as_completed(futures), total=len(futures), desc=f"study {spec.name}", unit="unit")
-            for future in bar:
-                summary = future.result()
+            bar = tqdm(total=len(pending), desc=f"study {spec.name}", unit="unit")
+            for summary in _one_per_worker(pool, jobs, [(run_unit, spec, u, threads) for u in pending]):
+                bar.update()
                 summaries.append(summary)
                 bar.write(f"{summary['unit']}: " + (f"error: {summary['error']}" if "error" in summary
                                                     else f"done in {summary['train_s']} s -> {summary['result']}"))
@@ -491,6 +490,20 @@ def run_study(spec: StudySpec, out: Path, results: Path, jobs: int = 1, dry_run:
     if report:
         build_report(report_spec or spec, results)
     return summaries
+
+
+def _one_per_worker(pool: ProcessPoolExecutor, jobs: int, calls: list[tuple]):
+    """The calls' results as they finish, never more than `jobs` handed to the pool at once. The pool
+    queues one call beyond its workers, which no cancel can take back: a unit waiting there would start
+    after a SIGTERM, only to be killed at the end of the grace."""
+    waiting, running = list(calls), set()
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            fn, *args = waiting.pop(0)
+            running.add(pool.submit(fn, *args))
+        done, running = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield future.result()
 
 
 def _forward_sigterm(pool: ProcessPoolExecutor):
