@@ -15,6 +15,9 @@ last frame -> tensors. Every dataset returns the same sample dict (docs/DESIGN.m
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -58,6 +61,17 @@ class _CaseDataset(Dataset):
 
     def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def as_scored(self) -> Iterator[_CaseDataset]:
+        """This dataset read as scoring reads it, the training split too: no augmentation, no random
+        frame draws (so no draw from the training's random streams), with the region masks."""
+        saved = self.train, self.transform, self.with_regions
+        self.train, self.transform, self.with_regions = False, PairedTransform(self.size, train=False), True
+        try:
+            yield self
+        finally:
+            self.train, self.transform, self.with_regions = saved
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         """`item`: an index, or (index, sample_seed) from `SeededSampler`: the sample's random draws

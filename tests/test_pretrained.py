@@ -245,8 +245,8 @@ class Detector(nn.Module):
 
 
 def test_auto_in_evaluate_resolves_lpips_and_i3d_or_skips_with_the_reason(server, monkeypatch, cache, tmp_path):
-    from fundus2video.commands.evaluate import Scores
     from fundus2video.metrics.lpips import LPIPSBackbone
+    from fundus2video.scoring import Scores
 
     monkeypatch.setenv("FUNDUS2VIDEO_OFFLINE", "1")
     scores = Scores("standard", 32, i3d="auto", lpips="auto")  # nothing cached, offline: both skipped

@@ -32,9 +32,9 @@ from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
-import lightning as L
 from omegaconf import OmegaConf
 
+from fundus2video.callbacks.learning_curve import LearningCurve
 from fundus2video.commands.options import split_flags, take_option
 from fundus2video.commands.study_report import short_name
 from fundus2video.errors import ConfigError, UserError
@@ -49,11 +49,6 @@ CASE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "psnr_km", "curve_mae
 # what an `analysis:` section of a spec may declare (the report applies it as written)
 ANALYSIS_KEYS = {"unit", "test", "alpha", "correction", "primary", "secondary", "claims", "margins",
                  "power_targets", "skill_reference"}
-# the scores of the learning curve (validation cases, after every epoch)
-CURVE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "real_lesion_rise",
-              "lesion_rise_ratio", "false_bright", "time_corr")
-
-
 @dataclass
 class StudySpec:
     name: str
@@ -231,60 +226,6 @@ def newest_checkpoint(unit_dir: Path) -> Path | None:
     ckpts = [p.resolve() for p in (unit_dir / "run").glob("*/checkpoints/last.ckpt")
              if p.is_file() and not p.parent.parent.is_symlink()]
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
-
-
-# ------------------------------------------------------------------ learning curve
-class LearningCurve(L.Callback):
-    """After every training epoch: the validation cases scored as `evaluate` scores them, one row
-    per epoch in `path` (rows of epochs not yet checkpointed are rewritten on resume). Runs before
-    the epoch's checkpoint, so a kill in between only repeats the epoch."""
-
-    def __init__(self, path: Path, split: str = "val"):
-        self.path, self.split = Path(path), split
-        self.rows = json.loads(self.path.read_text()) if self.path.is_file() else []
-        self.samples: list | None = None
-        self.started = time.perf_counter()
-        self.offset = 0.0
-        self.scoring_s = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        done = trainer.current_epoch  # epochs the resumed checkpoint already holds
-        self.rows = [r for r in self.rows if r["epoch"] <= done]
-        self.offset = self.rows[-1]["train_s"] if self.rows else 0.0
-        self.started, self.scoring_s = time.perf_counter(), 0.0
-        dataset = trainer.datamodule.datasets[self.split]
-        dataset.with_regions = True
-        try:
-            self.samples = [dataset[i] for i in range(len(dataset))]
-        finally:
-            dataset.with_regions = False
-        if done and not any(r["epoch"] == done for r in self.rows):
-            # killed after the epoch's checkpoint but before its row: the weights are that epoch's
-            self._record(pl_module, done, self.offset)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        start = time.perf_counter()
-        self._record(pl_module, trainer.current_epoch + 1, self.offset + (start - self.started) - self.scoring_s)
-        self.scoring_s += time.perf_counter() - start
-
-    def _record(self, pl_module, epoch: int, train_s: float) -> None:
-        from fundus2video.commands.evaluate import Scores, score_samples
-
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            device = str(pl_module.device)
-            scores = Scores("standard", pl_module.cfg.data.size, km_threshold=pl_module.cfg.data.km_threshold,
-                            device=device)
-            score_samples(pl_module, self.samples, scores, device=device, progress=False)
-            results = scores.results()
-        finally:
-            pl_module.train(was_training)
-        row = {"epoch": epoch, "videos": int(pl_module.video_step), "train_s": round(train_s, 1),
-               **{k: _round(results.get(k)) for k in CURVE_KEYS}}
-        self.rows = sorted([r for r in self.rows if r["epoch"] != epoch] + [row], key=lambda r: r["epoch"])
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
 
 
 def _round(x, digits: int = 5):

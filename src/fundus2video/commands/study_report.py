@@ -312,12 +312,16 @@ def _bar_plot(names: list[str], units: dict[str, dict[int, dict]], path: Path) -
 
 
 def _curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
-    """psnr_lesion, lesion_rise and psnr of the validation cases against training videos seen:
-    the reference and the baseline in colour (mean over seeds, band min..max), the rest thin."""
+    """psnr_lesion, lesion_rise and psnr of the validation cases against training videos seen, and the
+    per-lesion rise skill and direction accuracy where the curves have them: the reference and the
+    baseline in colour (mean over seeds, band min..max), the rest thin."""
     plt = _plt()
     ref, base = short_name(spec.reference), short_name(spec.baseline)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, key in zip(axes, ("psnr_lesion", "lesion_rise", "psnr")):
+    keys = ["psnr_lesion", "lesion_rise", "psnr"]
+    if any("rise_skill_all" in r for by in units.values() for u in by.values() for r in u.get("curve") or []):
+        keys[2:2] = ["rise_skill_all", "direction_acc_all"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.7 * len(keys), 3.8))
+    for ax, key in zip(axes, keys):
         for n, by_seed in units.items():
             curves = [u["curve"] for u in by_seed.values() if u.get("curve")]
             if not curves:
@@ -335,6 +339,8 @@ def _curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
             real = [r for r in real if r is not None]
             if real:
                 ax.axhline(np.mean(real), color="black", ls="--", lw=1, label="real")
+        if key == "rise_skill_all":
+            ax.axhline(0.0, color="black", ls="--", lw=1, label="constant predictor")
         ax.set_xlabel("training videos seen")
         ax.set_title(f"{key} (validation cases)")
     if axes[0].get_legend_handles_labels()[0]:
