@@ -41,7 +41,7 @@ TRAINED = {
 
 @pytest.fixture(scope="session")
 def _trained_runs(tmp_path_factory):
-    from fundus2video.commands.train import train
+    from fundus2video.training import train
 
     runs: dict[str, object] = {}
 

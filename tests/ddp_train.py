@@ -10,8 +10,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fundus2video.commands.train import Interrupted, train
 from fundus2video.config import load_config
+from fundus2video.training import Interrupted, train
 
 
 class Keep(L.Callback):

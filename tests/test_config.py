@@ -198,7 +198,7 @@ def test_patchnce_needs_distinct_layers_while_it_is_on(layers):
 
 
 def test_settings_that_together_train_nothing_or_less_than_they_seem(tiny, caplog):
-    from fundus2video.commands.train import check_training
+    from fundus2video.training import check_training
 
     off = [f"loss.{k}=0" for k in ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1")]
     with pytest.raises(ConfigError, match="loss: every generator term is 0 .*nothing would train the generator"):

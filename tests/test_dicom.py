@@ -231,8 +231,8 @@ def test_clean_import_is_read_by_the_package_in_time_order(clean, tmp_path, caps
     assert cli.main(["data", "check", str(out), "data.size=32"]) == 0
     assert "4 cases, 4 ok, 0 bad" in capsys.readouterr().out
     # and training reads them, as `make train ARGS="data.source=folders data.root=DIR"` does
-    from fundus2video.commands.train import train
     from fundus2video.config import load_config
+    from fundus2video.training import train
     from tests.conftest import TINY
 
     cfg = load_config("experiments/smoke.yaml", [*TINY, "data.source=folders", f"data.root={out}",

@@ -69,8 +69,8 @@ def test_ddp_ranks_share_rank_zeros_run_directory(per_network):
 def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, monkeypatch):
     from lightning.pytorch.strategies import DDPStrategy
 
-    from fundus2video.commands.train import check_resources, strategy
     from fundus2video.config import ConfigError
+    from fundus2video.training import check_resources, strategy
 
     t = tiny("trainer.devices=2").trainer  # auto on 2 devices: Lightning alone would pick plain DDP
     for name, start in (("auto", "popen"), ("ddp", "popen"), ("ddp_spawn", "spawn"),
@@ -143,8 +143,8 @@ def test_ranks_with_videos_of_different_lengths_agree_on_the_windows(tmp_path):
 
 
 def test_a_rank_without_a_validation_case_is_refused_before_training(tiny, tmp_path):
-    from fundus2video.commands.train import train
     from fundus2video.errors import ConfigError
+    from fundus2video.training import train
 
     cfg = tiny("trainer.devices=2", "trainer.strategy=ddp", "data.phantom.n_val=1")
     with pytest.raises(ConfigError, match="1 validation case\\(s\\) for 2 DDP processes"):
@@ -193,7 +193,7 @@ def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
 
 
 def test_the_global_rank_and_a_slurm_jobs_run_name(monkeypatch):
-    from fundus2video.commands import train as train_mod
+    from fundus2video.training import rundir as train_mod
 
     for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK", "SLURM_JOB_ID", "SLURM_STEP_ID",
                 "SLURM_RESTART_COUNT"):

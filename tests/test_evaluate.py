@@ -12,9 +12,9 @@ from torch.nn import functional as F
 
 from fundus2video.commands.cli import main
 from fundus2video.commands.evaluate import evaluate
-from fundus2video.commands.train import train
 from fundus2video.config import load_config
 from fundus2video.metrics.lpips import LPIPSBackbone
+from fundus2video.training import train
 from tests.conftest import TINY
 
 

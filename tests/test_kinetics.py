@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from fundus2video.commands.evaluate import evaluate
-from fundus2video.commands.train import train
 from fundus2video.data_modules.cases import folder_records
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
 from fundus2video.data_modules.phantom import DYNAMIC_KINDS, LESION_KINDS
 from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.transforms import PairedTransform
 from fundus2video.metrics.kinetics import DIRECTION_MIN, LesionKinetics, reference_rise
+from fundus2video.training import train
 
 
 def _sample(t: int = 6, size: int = 24) -> tuple[torch.Tensor, dict]:

@@ -9,7 +9,7 @@ import torch
 
 from fundus2video.callbacks import LearningCurve
 from fundus2video.commands.evaluate import evaluate
-from fundus2video.commands.train import train
+from fundus2video.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from fundus2video.commands.cli import main
-from fundus2video.commands.train import build_trainer
 from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.module import ConstantThenLinear, Fundus2VideoModule
+from fundus2video.training import build_trainer
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

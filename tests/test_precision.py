@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
-import fundus2video.commands.train as train_module
-from fundus2video.commands.train import train
+import fundus2video.training.fit as train_module
 from fundus2video.module import Fundus2VideoModule
+from fundus2video.training import train
 from tests.test_knowledge_guidance import FULL
 
 

@@ -206,9 +206,9 @@ def test_unknown_hash_is_never_downloaded_automatically(server, monkeypatch, cac
 
 
 def test_auto_in_training_fetches_before_the_run_and_loads_in_setup(server, monkeypatch, cache, tmp_path, tiny):
-    from fundus2video.commands.train import check_resources
     from fundus2video.losses.perceptual import VGG19Features, load_vgg19
     from fundus2video.module import Fundus2VideoModule
+    from fundus2video.training import check_resources
 
     data = saved(stride0_state(VGG19Features), tmp_path / "vgg19.pth")
     serve(server, monkeypatch, "vgg19", data)

@@ -9,13 +9,13 @@ import lightning as L
 import pytest
 import torch
 
-import fundus2video.commands.train as train_module
+import fundus2video.training.fit as train_module
 from fundus2video.callbacks import AtomicCheckpointIO
 from fundus2video.commands.cli import main
-from fundus2video.commands.train import Interrupted, init_weights_from, resolve_resume, train
 from fundus2video.config import load_config, to_plain
 from fundus2video.errors import ConfigError
 from fundus2video.module import Fundus2VideoModule
+from fundus2video.training import Interrupted, init_weights_from, resolve_resume, train
 from tests.conftest import TINY
 
 
@@ -274,7 +274,7 @@ def test_resume_clears_what_a_killed_write_left_and_an_empty_wandb_mode_is_ignor
     resolve_resume(cfg(), str(straight))
     assert not stale.exists() and (straight / "checkpoints" / "last.ckpt").is_file()
     monkeypatch.setenv("WANDB_MODE", "")
-    from fundus2video.commands.train import make_loggers
+    from fundus2video.training import make_loggers
 
     loggers = make_loggers(cfg("logging.wandb=disabled"), straight)
     assert loggers and "WANDB_MODE" not in os.environ

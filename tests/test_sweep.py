@@ -130,7 +130,7 @@ def test_failed_runs_are_recorded_and_ranked_last(tmp_path, monkeypatch, capsys)
         (run_dir / "metrics.csv").write_text(f"epoch,val/psnr\n0,1.0\n1,{cfg.loss.l1 + cfg.optim.lr * 1000}\n2,\n")
         return run_dir
 
-    monkeypatch.setattr("fundus2video.commands.train.train", fake_train)
+    monkeypatch.setattr("fundus2video.training.train", fake_train)
     parser = argparse.ArgumentParser()
     sw.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sweep", "smoke_grid", "--local", f"--out={tmp_path}", "--count", "9", *TINY])

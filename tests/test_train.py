@@ -10,8 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from fundus2video.commands.train import train
 from fundus2video.module import Fundus2VideoModule
+from fundus2video.training import train
 from fundus2video.video_io import read_video
 
 

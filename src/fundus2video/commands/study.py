@@ -171,7 +171,7 @@ def _checked_analysis(path: Path, analysis: dict, variants: list) -> dict:
 
 def code_state() -> dict:
     """The code a unit runs: the commit, whether the checkout had uncommitted changes, and when."""
-    from fundus2video.commands.train import git
+    from fundus2video.training import git
 
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(status),
@@ -289,7 +289,7 @@ def _redirected(logfile):
 
 def _run_unit(spec: StudySpec, unit: Unit, threads: int) -> dict:
     from fundus2video.commands.evaluate import evaluate
-    from fundus2video.commands.train import Interrupted, train
+    from fundus2video.training import Interrupted, train
 
     print(f"== {datetime.now().isoformat(timespec='seconds')} {unit.label}, {threads} thread(s)", flush=True)
     cfg = unit_config(spec, unit.variant, unit.seed, unit.unit_dir)

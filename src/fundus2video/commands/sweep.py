@@ -121,7 +121,7 @@ def run_local(path: str | Path | Sweep, count: int | None = None, extra_override
     """
     from tqdm import tqdm
 
-    from fundus2video.commands.train import check_resources, train
+    from fundus2video.training import check_resources, train
 
     sweep = path if isinstance(path, Sweep) else load_sweep(path)
     out = Path(out_root) if out_root is not None else default_out(sweep)
@@ -183,7 +183,7 @@ def create_and_agent(path: str | Path | Sweep, count: int | None = None, extra_o
     """
     import wandb
 
-    from fundus2video.commands.train import check_resources
+    from fundus2video.training import check_resources
 
     sweep = path if isinstance(path, Sweep) else load_sweep(path)
     extra = parse_overrides(list(extra_overrides))
