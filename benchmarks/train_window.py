@@ -51,8 +51,10 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from fundus2video.config import loss_terms
+
 CASES = {128: (16, 16), 256: (32, 32)}  # size: (ngf, ndf)
-TERMS = ["gan", "feat", "vgg", "gv", "nce", "kad", "att"]
+TERMS = list(loss_terms(paper_only=True))  # the paper's terms, as config.py declares them
 TARGETS = {128: 2.0, 256: 1.3}  # the asked-for release / ours ratios, fp32
 
 

@@ -20,7 +20,8 @@ from helpers.reference import (
     write_random_vgg19,
 )
 
-from fundus2video.config import to_plain
+from fundus2video.config import loss_terms, to_plain
+from fundus2video.losses.terms import generator_weights
 from fundus2video.module import Fundus2VideoModule
 
 # every term of the method, plus the VGG19 (random weights) and the L1 of the smoke config
@@ -168,7 +169,7 @@ def test_g_total_is_its_weighted_terms_and_each_backward_reaches_its_own_network
     D without gradients, and D's reaches all of D (the shared D pass serves both)."""
     module = make_module("loss.d_pass=shared")
     _, g_total, g_parts, d_total, _ = module.window_losses(*_inputs())
-    weights = module._g_weights()
+    weights = generator_weights(module.cfg.loss, loss_terms())
     torch.testing.assert_close(g_total, sum(weights[n] * v for n, v in g_parts.items() if n in weights),
                                rtol=1e-6, atol=1e-6)
     module.zero_grad(set_to_none=True)

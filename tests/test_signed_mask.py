@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from fundus2video.config import to_plain
+from fundus2video.config import loss_terms, to_plain
 from fundus2video.errors import ConfigError
 from fundus2video.losses.patchnce import mask_enhanced_nce
+from fundus2video.losses.terms import Window, generator_terms
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
 
@@ -72,10 +73,10 @@ def test_plain_patchnce_is_the_same_term_without_the_mask(tiny):
     cf, prev, target = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     km = _batch()["km"]
     fake = plain.generator(torch.cat([cf, prev], 1))
-    terms = plain._g_terms(cf, fake, target, km, plain.discriminator(torch.cat([cf, fake], 1)),
-                           plain.discriminator(torch.cat([cf, target], 1)), None, None,
-                           torch.Generator().manual_seed(3))
     w = plain.cfg.loss
+    terms = generator_terms(Window(plain, w, cf, fake, target, km, plain.discriminator(torch.cat([cf, fake], 1)),
+                                   plain.discriminator(torch.cat([cf, target], 1)), None, None,
+                                   torch.Generator().manual_seed(3)), loss_terms())
     want = {}
     for name, mask in (("ones", torch.ones_like(km)), ("km", km)):
         want[name], _ = mask_enhanced_nce(plain.generator.encode, plain.projector, cf, fake, target, mask,

@@ -31,6 +31,19 @@ def choice(default: str, *others: str) -> Any:
     return field(default=default, metadata={"choices": (default, *others)})
 
 
+def weight(default: float, paper: bool = True) -> Any:
+    """The weight of a generator loss term, declared once: the term is registered under the same
+    name (`@generator_term` in fundus2video/losses/); 0 switches it off; checked finite and >= 0.
+    `paper`: one of the paper's terms (the benchmarks time those)."""
+    return field(default=default, metadata={"loss_term": True, "paper": paper})
+
+
+def loss_terms(paper_only: bool = False) -> tuple[str, ...]:
+    """The `loss` keys that weight a generator term, in the order the terms are summed."""
+    return tuple(f.name for f in fields(LossConfig) if f.metadata.get("loss_term")
+                 and (f.metadata["paper"] or not paper_only))
+
+
 # keys that were renamed: the old name stops with a one-line error naming the new one
 RENAMED = {"loss.gan_km": "loss.kad"}
 
@@ -166,15 +179,15 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # weights of the generator's terms (docs/METHOD.md, "Losses"); 0 switches a term off
-    gan: float = 2.0  # LSGAN adversarial term G_GAN
-    feat: float = 10.0  # discriminator feature matching
-    vgg: float = 10.0  # VGG19 perceptual loss (needs vgg_weights)
-    gv: float = 5.0  # gradient variance (Sobel gradients, gv_patch x gv_patch patches)
-    nce: float = 1.0  # mask-enhanced PatchNCE
+    gan: float = weight(2.0)  # LSGAN adversarial term G_GAN
+    feat: float = weight(10.0)  # discriminator feature matching
+    vgg: float = weight(10.0)  # VGG19 perceptual loss (needs vgg_weights)
+    gv: float = weight(5.0)  # gradient variance (Sobel gradients, gv_patch x gv_patch patches)
+    nce: float = weight(1.0)  # mask-enhanced PatchNCE
     nce_masked: bool = True  # PatchNCE's inputs multiplied by the mask (false: CUT's plain PatchNCE)
-    kad: float = 1.0  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
-    att: float = 1.0  # KBA auxiliary loss: BCE(attention, mask resized)
-    l1: float = 0.0  # plain L1 to the real frames (not in the paper; for quick CPU demos)
+    kad: float = weight(1.0)  # knowledge-aware discriminator: G_GAN_km; > 0 also adds D_real_km, D_fake_km to D
+    att: float = weight(1.0)  # KBA auxiliary loss: BCE(attention, mask resized)
+    l1: float = weight(0.0, paper=False)  # plain L1 to the real frames (not in the paper; for quick CPU demos)
     # torchvision-format VGG19 ImageNet weights (vgg19-dcbb9e9d.pth): a path, or auto ("" too): the
     # cached copy, downloaded and verified first if missing (fundus2video.pretrained); unused when vgg=0
     vgg_weights: str = "auto"
@@ -523,7 +536,7 @@ def _check_ranges(cfg: DictConfig, need) -> None:
     within("data.augment.hue", 0.0, 0.5)  # half the colour circle either way covers all of it
     for key in ("brightness", "contrast", "saturation"):
         within(f"data.augment.{key}", 0.0, 1.0)
-    for key in ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1"):
+    for key in loss_terms():
         value = cfg.loss[key]
         need(0 <= value < math.inf, f"loss.{key}: {value} is out of range (expected a finite weight >= 0; 0 "
              "switches the term off)")

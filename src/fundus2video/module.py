@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from fundus2video import distributed
-from fundus2video.config import from_plain
+from fundus2video.config import from_plain, loss_terms
 from fundus2video.errors import ConfigError, UserError
 from fundus2video.io import first_line
 from fundus2video.losses import (
@@ -37,10 +37,9 @@ from fundus2video.losses import (
     LSGANLoss,
     VGGLoss,
     load_vgg19,
-    mask_enhanced_nce,
 )
-from fundus2video.losses.kad import discriminator_terms, generator_kad_term
-from fundus2video.losses.kba import kba_loss
+from fundus2video.losses.kad import discriminator_terms
+from fundus2video.losses.terms import Window, generator_terms, generator_weights
 from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer, init_weights
 from fundus2video.networks.projector import PatchProjector, probe_channels
@@ -190,51 +189,6 @@ class Fundus2VideoModule(L.LightningModule):
             mask = torch.cat([mask * brighter, mask * (1 - brighter)], dim=1)
         return mask
 
-    def _vgg(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """K = 3 frames go into VGG as the three colour channels, as in the release; other K
-        frame by frame (grey repeated to RGB), averaged."""
-        if self.vgg_loss is None:
-            raise ConfigError("loss.vgg > 0 but the VGG19 is not loaded: it loads in setup('fit') from "
-                              "loss.vgg_weights (outside a Trainer, call module.setup('fit') first)")
-        if fake.shape[1] == 3:
-            return self.vgg_loss(fake, target)
-        fold = lambda x: x.flatten(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)  # noqa: E731  (B*K, 3, H, W)
-        return self.vgg_loss(fold(fake), fold(target))
-
-    def _g_weights(self) -> dict[str, float]:
-        w = self.cfg.loss
-        return {"g_gan": w.gan, "g_feat": w.feat, "g_vgg": w.vgg, "g_gv": w.gv, "g_nce": w.nce,
-                "g_gan_km": w.kad, "g_att": w.att, "g_l1": w.l1}
-
-    def _g_terms(self, cf, fake, target, km, pred_fake, pred_real, pred_fake_km, attention,
-                 nce_rng: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """G's enabled terms, unweighted (weights: `_g_weights`), plus the logged-only parts of NCE."""
-        w = self.cfg.loss
-        terms = {"g_gan": self.gan_loss(pred_fake, True)}
-        if w.feat > 0:
-            terms["g_feat"] = self.feat_loss(pred_fake, pred_real)
-        if w.vgg > 0:
-            terms["g_vgg"] = self._vgg(fake, target)
-        if w.gv > 0:
-            terms["g_gv"] = self.gv_loss(fake, target)
-        # KBA's target and PatchNCE's mask are unsigned: the signed mask splits only the KAD's views
-        union = km.amax(dim=1, keepdim=True) if km.shape[1] > 1 else km
-        if w.nce > 0:
-            nce_mask = union if w.nce_masked else torch.ones_like(union)
-            terms["g_nce"], nce_parts = mask_enhanced_nce(
-                self.generator.encode, self.projector, cf, fake, target, nce_mask, list(w.nce_layers), w.nce_patches,
-                w.nce_temperature, identity=w.nce_identity, in_channels=cf.shape[1] + fake.shape[1],
-                generator=nce_rng)
-            # logged only: the CF -> fake term and the identity (real -> fake) term
-            terms.update({{"nce": "g_nce_cf", "nce_idt": "g_nce_idt"}[k]: v.detach() for k, v in nce_parts.items()})
-        if pred_fake_km is not None:
-            terms["g_gan_km"] = generator_kad_term(pred_fake_km)
-        if attention:
-            terms["g_att"] = kba_loss(attention, union)
-        if w.l1 > 0:
-            terms["g_l1"] = self.l1_loss(fake, target)
-        return terms
-
     # ------------------------------------------------------------------ training
     def window_losses(self, cf, prev, target, km, nce_rng: torch.Generator | None = None):
         """One window's forward: the fake (B, K, H, W) and both losses, (fake, g_total, g_parts,
@@ -250,11 +204,13 @@ class Fundus2VideoModule(L.LightningModule):
         pred_real, pred_real_km = self.discriminator.judge(real_in, km)
         pred_fake, pred_fake_km = self.discriminator.judge(fake_in, km)
 
-        # G: a weighted sum of named terms
+        # G: a weighted sum of the registered terms (losses/terms.py), in the config's order.
+        # KBA's target and PatchNCE's mask are unsigned: the signed mask splits only the KAD's views
         want_att = w.att > 0 and len(self.cfg.model.generator.kba_stages) > 0
-        g_parts = self._g_terms(cf, fake, target, km, pred_fake, pred_real, pred_fake_km,
-                                attention if want_att else None, nce_rng)
-        weights = self._g_weights()
+        window = Window(self, w, cf, fake, target, km.amax(dim=1, keepdim=True) if km.shape[1] > 1 else km,
+                        pred_fake, pred_real, pred_fake_km, attention if want_att else None, nce_rng)
+        g_parts = generator_terms(window, loss_terms())
+        weights = generator_weights(w, loss_terms())
         g_total = sum(weights[name] * term for name, term in g_parts.items() if name in weights)
 
         # D: real judged real, fake judged fake (and the same on the masked inputs with KAD)

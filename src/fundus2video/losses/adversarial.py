@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fundus2video.losses.terms import Window, generator_term
+
 
 def lsgan_loss(outputs: list[list[torch.Tensor]], target_is_real: bool) -> torch.Tensor:
     """outputs: the discriminator's per-scale lists; the last tensor of each is the score map."""
@@ -21,3 +23,8 @@ def lsgan_loss(outputs: list[list[torch.Tensor]], target_is_real: bool) -> torch
 class LSGANLoss(nn.Module):
     def forward(self, outputs: list[list[torch.Tensor]], target_is_real: bool) -> torch.Tensor:
         return lsgan_loss(outputs, target_is_real)
+
+
+@generator_term("gan", applies=lambda window: True)  # logged even at weight 0: how well G fools D
+def _gan_term(window: Window) -> torch.Tensor:
+    return window.module.gan_loss(window.pred_fake, True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fundus2video.losses.terms import Window, generator_term
+
 
 def feature_matching_loss(fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]],
                           n_layers: int) -> torch.Tensor:
@@ -29,3 +31,8 @@ class FeatureMatchingLoss(nn.Module):
 
     def forward(self, fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]]) -> torch.Tensor:
         return feature_matching_loss(fake, real, self.n_layers)
+
+
+@generator_term("feat")
+def _feat_term(window: Window) -> torch.Tensor:
+    return window.module.feat_loss(window.pred_fake, window.pred_real)

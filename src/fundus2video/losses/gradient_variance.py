@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fundus2video.losses.terms import Window, generator_term
+
 # ITU-R BT.601 luma weights, with the release's rounding (they sum to 0.9999)
 LUMA = (0.2989, 0.5870, 0.1140)
 
@@ -88,3 +90,8 @@ class GradientVarianceLoss(nn.Module):
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return _gradient_variance(fake, real, self.patch_size, self.kernels)
+
+
+@generator_term("gv")
+def _gv_term(window: Window) -> torch.Tensor:
+    return window.module.gv_loss(window.fake, window.target)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from fundus2video.losses.adversarial import lsgan_loss
+from fundus2video.losses.terms import Window, generator_term
 
 Outputs = list[list[torch.Tensor]]  # the multi-scale discriminator's output: per scale, features + score
 
@@ -34,3 +35,8 @@ def discriminator_terms(pred_real: Outputs, pred_fake: Outputs, pred_real_km: Ou
 def generator_kad_term(pred_fake_km: Outputs) -> torch.Tensor:
     """G's knowledge-aware adversarial term: the masked fake judged real."""
     return lsgan_loss(pred_fake_km, True)
+
+
+@generator_term("kad", name="g_gan_km", applies=lambda window: window.pred_fake_km is not None)
+def _kad_term(window: Window) -> torch.Tensor:
+    return generator_kad_term(window.pred_fake_km)

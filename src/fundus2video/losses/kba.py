@@ -17,6 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch.nn import functional as F
 
+from fundus2video.losses.terms import Window, generator_term
+
 
 def kba_loss(attention: Mapping[str, torch.Tensor], km: torch.Tensor) -> torch.Tensor:
     """attention: the generator's logits per stage, each (B, 1, h, w); km: (B, 1, H, W) in [0, 1]."""
@@ -26,3 +28,8 @@ def kba_loss(attention: Mapping[str, torch.Tensor], km: torch.Tensor) -> torch.T
                                                                              mode="area"))
              for logit in attention.values()]
     return torch.stack(terms).mean()
+
+
+@generator_term("att", applies=lambda window: window.attention is not None)
+def _att_term(window: Window) -> torch.Tensor:
+    return kba_loss(window.attention, window.mask)

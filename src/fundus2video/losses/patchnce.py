@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fundus2video.losses.terms import Window, generator_term
 from fundus2video.networks.projector import PatchProjector
 from fundus2video.rollout import cycle_channels
 
@@ -135,3 +136,16 @@ def mask_enhanced_nce(encode: Callable[[torch.Tensor, list[int]], list[torch.Ten
         return nce, {"nce": nce}
     nce_idt = multilayer_nce(projector, feat_real, feat_fake, num_patches, temperature, generator)
     return (nce + nce_idt) / 2, {"nce": nce, "nce_idt": nce_idt}
+
+
+@generator_term("nce")
+def _nce_term(window: Window) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mask-enhanced PatchNCE (plain PatchNCE with loss.nce_masked=false); logs its CF -> fake and
+    identity (real -> fake) parts."""
+    w, cf, fake = window.loss, window.cf, window.fake
+    mask = window.mask if w.nce_masked else torch.ones_like(window.mask)
+    term, parts = mask_enhanced_nce(window.module.generator.encode, window.module.projector, cf, fake, window.target,
+                                    mask, list(w.nce_layers), w.nce_patches, w.nce_temperature,
+                                    identity=w.nce_identity, in_channels=cf.shape[1] + fake.shape[1],
+                                    generator=window.nce_rng)
+    return term, {{"nce": "g_nce_cf", "nce_idt": "g_nce_idt"}[k]: v for k, v in parts.items()}

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fundus2video.errors import UserError
+from fundus2video.errors import ConfigError, UserError
+from fundus2video.losses.terms import Window, generator_term
 
 WEIGHTS_FILE = "vgg19-dcbb9e9d.pth"
 WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
@@ -153,3 +154,17 @@ class VGGLoss(nn.Module):
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return vgg_perceptual_loss(self.vgg, fake, real, self.weights)
+
+
+@generator_term("vgg")
+def _vgg_term(window: Window) -> torch.Tensor:
+    """K = 3 frames go into VGG as the three colour channels, as in the release; other K frame by
+    frame (grey repeated to RGB), averaged."""
+    vgg, fake, target = window.module.vgg_loss, window.fake, window.target
+    if vgg is None:
+        raise ConfigError("loss.vgg > 0 but the VGG19 is not loaded: it loads in setup('fit') from "
+                          "loss.vgg_weights (outside a Trainer, call module.setup('fit') first)")
+    if fake.shape[1] == 3:
+        return vgg(fake, target)
+    fold = lambda x: x.flatten(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)  # noqa: E731  (B*K, 3, H, W)
+    return vgg(fold(fake), fold(target))

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from fundus2video.callbacks import KnowledgeMaskLogger, ResumableCheckpoint, SampleVideoLogger
-from fundus2video.config import to_plain
+from fundus2video.config import loss_terms, to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import ConfigError
 from fundus2video.io import atomic_path, read_checkpoint
@@ -48,14 +48,10 @@ from fundus2video.training.trainer import (
 log = logging.getLogger("fundus2video")
 
 
-# the generator's loss weights: with all of them 0 nothing trains G
-G_TERMS = ("gan", "feat", "vgg", "gv", "nce", "kad", "att", "l1")
-
-
 def check_training(cfg: DictConfig) -> None:
     """Settings that are each valid but together train nothing, or less than they seem to."""
-    if not any(cfg.loss[k] > 0 for k in G_TERMS):
-        raise ConfigError(f"loss: every generator term is 0 ({', '.join(f'loss.{k}' for k in G_TERMS)}): nothing "
+    if not any(cfg.loss[k] > 0 for k in loss_terms()):
+        raise ConfigError(f"loss: every generator term is 0 ({', '.join(f'loss.{k}' for k in loss_terms())}): nothing "
                           "would train the generator")
     if max_epochs(cfg) == 0 and not cfg.trainer.fast_dev_run:
         why = ("trainer.max_epochs=0" if cfg.trainer.max_epochs == 0 else "trainer.max_epochs=-1 takes the schedule's "
