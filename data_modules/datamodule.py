@@ -136,6 +136,8 @@ class Fundus2VideoDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
             self.datasets = self._phantom() if self.cfg["source"] == "phantom" else self._files()
+            for dataset in self.datasets.values():
+                dataset.register = self.cfg["register_model"] if self.cfg.get("register") else None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """Order and per-sample seeds from `SeededSampler` (exact resume, DDP sharding)."""

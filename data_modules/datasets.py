@@ -16,8 +16,11 @@ last frame -> tensors. Every dataset returns the same sample dict (docs/DESIGN.m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,6 +29,9 @@ from fundus2video.data_modules.cases import CaseRecord, RawCase, load_case, sele
 from fundus2video.data_modules.phantom import Nuisances, make_case
 from fundus2video.data_modules.transforms import PairedTransform
 from fundus2video.knowledge import KM_THRESHOLD, crop_to_roi, knowledge_mask
+from fundus2video.registration.estimate import decide, register_case, warp_to_reference
+
+log = logging.getLogger("fundus2video")
 
 # Phantom case indices of each split start far apart, so no patient (index // 2) is shared.
 SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -51,6 +57,26 @@ def _torch_rng() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
 
 
+def _estimate(raw: RawCase, case_id: str, model: str) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+    """The CF's and each frame's matrix onto frame 0 (None: use as read), with a warning for what failed."""
+    names = raw.frame_names or [f"frame {k}" for k in range(len(raw.frames))]
+    try:
+        found = register_case(raw.cf, raw.frames, model)
+    except (cv2.error, ValueError, ArithmeticError) as err:  # images no check foresaw: this case, not the run
+        log.warning("case %s: not registered, used as read (registration failed: %s: %s)", case_id,
+                    type(err).__name__, (str(err).strip().splitlines() or [""])[-1].strip())
+        return None, [None] * len(raw.frames)
+    reason, failed = decide(found.frames, found.cf, names)
+    if reason:
+        log.warning("case %s: not registered, used as read (%s)", case_id, reason)
+        return None, [None] * len(raw.frames)
+    if failed:
+        log.warning("case %s: %d frame(s) used as read, their registration failed (%s)", case_id, len(failed),
+                    "; ".join(f"{names[k]}: {found.frames[k].problem}" for k in failed))
+    matrices = [None if k == 0 or k in failed else r.matrix for k, r in enumerate(found.frames)]
+    return found.cf.matrix, matrices
+
+
 class _CaseDataset(Dataset):
     """Shared pipeline: subclasses say how to read case i (`raw`)."""
 
@@ -58,9 +84,26 @@ class _CaseDataset(Dataset):
                  km_threshold: float = KM_THRESHOLD):
         self.size, self.train, self.transform, self.km_threshold = size, train, transform, km_threshold
         self.with_regions = False  # scoring sets it; training samples stay collatable and lean
+        self.register: str | None = None  # a motion model: each case registered as it is read (data.register)
+        self._registrations: dict[tuple, tuple] = {}  # case and frames read -> (CF matrix, frame matrices)
 
     def raw(self, i: int, rng: np.random.Generator | None = None) -> tuple[RawCase, str, str]:
         raise NotImplementedError
+
+    def _registered(self, raw: RawCase, case_id: str) -> RawCase:
+        """`raw` with every frame and the CF moved onto frame 0 (registration/, as `data register` does;
+        the masks are already in frame 0's coordinates). The transforms are estimated once per case and
+        frame draw and kept (a few numbers), the images warped at each read. A case whose registration
+        fails is used as read, a frame whose registration fails likewise, each said once."""
+        key = (case_id, raw.frames.shape, tuple(np.round(np.asarray(raw.times, float), 3)))
+        if key not in self._registrations:
+            self._registrations[key] = _estimate(raw, case_id, self.register)
+        cf_matrix, matrices = self._registrations[key]
+        if cf_matrix is None:
+            return raw
+        h, w = raw.frames.shape[1:]
+        frames = np.stack([f if m is None else warp_to_reference(f, m, (w, h)) for f, m in zip(raw.frames, matrices)])
+        return dataclasses.replace(raw, cf=warp_to_reference(raw.cf, cf_matrix, (w, h)), frames=frames)
 
     @contextlib.contextmanager
     def as_scored(self) -> Iterator[_CaseDataset]:
@@ -84,6 +127,8 @@ class _CaseDataset(Dataset):
             self.transform.reseed(seed)
             rng = np.random.default_rng(seed)
         raw, case_id, patient_id = self.raw(i, rng)
+        if self.register:
+            raw = self._registered(raw, case_id)
         masks = {"lesion": raw.lesion} if raw.lesion is not None else {}
         if self.with_regions:
             masks.update({f"region:{name}": m for name, m in raw.regions.items()})

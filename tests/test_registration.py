@@ -378,3 +378,60 @@ def test_matrices_follow_the_phantom_convention():
     before = np.abs(frame - true)[inside].mean()
     after = np.abs(cv2.warpAffine(frame, m, (SIZE, SIZE)) - true)[inside].mean()
     assert after < 0.2 * before, (after, before)
+
+
+# ------------------------------------------------------------------ data.register: cases registered as they are read
+def _phantom_dataset(n: int = 4, size: int = 128):
+    from fundus2video.data_modules.datasets import PhantomVideoDataset
+
+    return PhantomVideoDataset("test", n, 64, 8, 0, size, nuisances=REALISTIC)
+
+
+def test_cases_read_registered_match_the_phantoms_truth():
+    data = _phantom_dataset()
+    data.register = "similarity"
+    errors, before, after = [], 0.0, 0.0
+    for i in range(len(data)):
+        raw, case_id, _ = data.raw(i)
+        truth = make_case(2_000_000 + i, size=128, n_frames=8, seed=0, nuisances=REALISTIC)
+        h, w = raw.frames.shape[1:]
+        registered = data._registered(raw, case_id)
+        cf_matrix, matrices = next(v for k, v in data._registrations.items() if k[0] == case_id)
+        errors += [mean_distance(m, truth.frame_to_ref[k], w, h) for k, m in enumerate(matrices) if m is not None]
+        errors.append(mean_distance(cf_matrix, truth.cf_to_ref, w, h))
+        inner = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))  # away from the moved field's edge
+        for k in range(1, len(raw.frames)):
+            want = cv2.warpAffine(raw.frames[k], truth.frame_to_ref[k], (w, h)).astype(float)[inner]
+            before += np.abs(raw.frames[k].astype(float)[inner] - want).mean()
+            after += np.abs(registered.frames[k].astype(float)[inner] - want).mean()
+        assert data._registered(raw, case_id).frames.tobytes() == registered.frames.tobytes()  # estimated once
+    assert len(errors) >= 4 * 7  # every case registered, at most a frame or two used as read
+    assert np.median(errors) < 0.6 and max(errors) < 2.0, np.round(errors, 2)  # pixels, at 128 px
+    assert after < 0.6 * before, (before, after)
+
+
+def test_a_case_that_cannot_be_registered_is_used_as_read_and_said(monkeypatch, caplog):
+    import fundus2video.data_modules.datasets as datasets
+
+    def broken(*args, **kwargs):
+        raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed) in warpAffine")
+
+    monkeypatch.setattr(datasets, "register_case", broken)
+    data = _phantom_dataset(1)
+    data.register = "similarity"
+    raw, case_id, _ = data.raw(0)
+    with caplog.at_level("WARNING", logger="fundus2video"):
+        assert data._registered(raw, case_id) is raw
+    assert f"case {case_id}: not registered, used as read (registration failed: error: " in caplog.text
+
+
+@pytest.mark.slow
+def test_training_and_evaluation_read_registered_cases(tiny, tmp_path):
+    from fundus2video.commands.evaluate import evaluate
+    from fundus2video.training import train
+
+    run = train(tiny("data.phantom.preset=realistic", "data.register=true", "data.phantom.render_size=96",
+                     "trainer.max_epochs=1"))
+    assert "register: true" in (run / "config.yaml").read_text()
+    out = evaluate(run / "checkpoints" / "last.ckpt", split="test", protocol="standard", out=tmp_path / "eval")
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["psnr"] > 0

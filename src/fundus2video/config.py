@@ -130,6 +130,10 @@ class DataConfig:
     # false for pseudo-colour cameras (e.g. Optos), whose photos are green-dominant
     fundus_check: bool = True
     skip_bad_cases: bool = False  # instead of stopping, leave bad cases out (listed in the log)
+    # register each case as it is read: every frame onto frame 0, the CF onto the frames (docs/REGISTRATION.md;
+    # `fundus2video data register` writes the same into folders once), with this motion model
+    register: bool = False
+    register_model: str = choice("similarity", "rigid", "affine")
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)

@@ -804,6 +804,22 @@ def register_case(cf: np.ndarray, frames: np.ndarray, model: str = "similarity",
     return CaseRegistration(results, register_cf(cf, composite(frames, results, work_side), model, work_side), model)
 
 
+def decide(results: list[PairResult], cf: PairResult, names: list[str]) -> tuple[str, list[int]]:
+    """The reason not to use the case as registered ('' to use it) and the frames whose registration
+    failed (to drop, or to use as read)."""
+    failed = [k for k in range(1, len(results)) if not results[k].ok]
+    if not results[0].ok:  # nothing else could register onto it, the CF included
+        return f"frame 0 {names[0]}: {results[0].problem}", failed
+    if not cf.ok:
+        return f"CF: {cf.problem}", failed
+    if failed and len(failed) == len(results) - 1:
+        return (f"no frame registers onto frame 0 ({names[0]}; is it usable?): {names[-1]}: "
+                f"{results[-1].problem}"), failed
+    if not results[-1].ok:
+        return f"last frame {names[-1]}: {results[-1].problem}", failed
+    return "", failed
+
+
 def warp_to_reference(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`image` (H', W'[, 3]) moved onto the reference's pixel grid (w, h); outside its own field: 0.
     A much larger image is first shrunk with area averaging (warpAffine alone would alias)."""

@@ -55,6 +55,7 @@ from fundus2video.registration.estimate import (
     WORK_SIDE,
     PairResult,
     composite,
+    decide,
     register_cf,
     register_frames,
     resize_matrix,
@@ -222,21 +223,6 @@ def _entry(result: PairResult, **extra) -> dict:
     return {**extra, **result.as_dict()}
 
 
-def _decide(results: list[PairResult], cf: PairResult, names: list[str]) -> tuple[str, list[int]]:
-    """The reason to skip the case ('' to write it) and the frames to drop."""
-    failed = [k for k in range(1, len(results)) if not results[k].ok]
-    if not results[0].ok:  # nothing else could register onto it, the CF included
-        return f"frame 0 {names[0]}: {results[0].problem}", failed
-    if not cf.ok:
-        return f"CF: {cf.problem}", failed
-    if failed and len(failed) == len(results) - 1:
-        return (f"no frame registers onto frame 0 ({names[0]}; is it usable?): {names[-1]}: "
-                f"{results[-1].problem}"), failed
-    if not results[-1].ok:
-        return f"last frame {names[-1]}: {results[-1].problem}", failed
-    return "", failed
-
-
 def register_case_folder(rec: CaseRecord, case_dir: Path | None, model: str, work_side: int = WORK_SIDE,
                   progress=None) -> CaseOutcome:
     """Register one case and, unless it is skipped (or `case_dir` is None), write it into `case_dir`."""
@@ -262,7 +248,7 @@ def register_case_folder(rec: CaseRecord, case_dir: Path | None, model: str, wor
         outcome.status, outcome.reason = "skipped", reason
         outcome.row = figures.row(rec.case_id, f"SKIPPED: {reason}", None, SHEET_SIDE, True)
         return outcome
-    reason, dropped = _decide(results, cf_result, names)
+    reason, dropped = decide(results, cf_result, names)
     width = max(3, len(str(len(frames) - 1)))
     kept = [k for k in range(len(frames)) if k not in dropped]
     out_name = {k: f"ffa/{i:0{width}d}.png" for i, k in enumerate(kept)}
