@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fundus2video.commands import demo as demo_mod
+from fundus2video import demo as demo_mod
+from fundus2video.commands.cli import main
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.errors import UserError
 from fundus2video.video_io import read_video, write_png
@@ -43,7 +44,7 @@ def _phantom_photo(path: Path, index: int = 5, size: int = 96) -> Path:
 def test_a_missing_extra_names_its_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what `import gradio` sees when it is not installed
     with pytest.raises(UserError, match=r"pip install 'fundus2video\[demo\]'"):
-        demo_mod._gradio()
+        demo_mod.gradio_module()
 
 
 def _command(*args: str) -> subprocess.CompletedProcess:
@@ -64,7 +65,7 @@ def test_the_module_runs_as_a_command(tmp_path):
     ("--max-queue", "0", "--max-queue 0: expected at least 1"),  # gradio would serve, refusing every request
 ])
 def test_bad_serving_flags_stop_before_serving(tmp_path, capsys, flag, value, expected):
-    assert demo_mod.main(["--ckpt", str(tmp_path / "any.ckpt"), flag, value]) == 2
+    assert main(["demo", "--ckpt", str(tmp_path / "any.ckpt"), flag, value]) == 2
     assert capsys.readouterr().err.strip() == f"fundus2video: error: {expected}" + (
         " (0: any free port)" if flag == "--port" else " (requests that may wait)")
 
@@ -97,7 +98,7 @@ def test_an_address_it_cannot_serve_on_is_named_and_leaves_nothing(ckpt, where, 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         host, port = ("no.such.host.invalid", 7860) if where == "host" else ("127.0.0.1", taken.getsockname()[1])
-        assert demo_mod.main(["--ckpt", str(ckpt), "--host", host, "--port", str(port)]) == 2
+        assert main(["demo", "--ckpt", str(ckpt), "--host", host, "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     expected = (f"--host {host}: not an address of this machine" if where == "host"
                 else f"cannot serve on {host}:{port}")

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fundus2video.commands.cli import main
-from fundus2video.commands.evaluate import evaluate
 from fundus2video.config import load_config
+from fundus2video.evaluation import evaluate
 from fundus2video.metrics.lpips import LPIPSBackbone
 from fundus2video.training import train
 from tests.conftest import TINY
@@ -114,11 +114,11 @@ def test_training_split_is_scored_deterministically(tiny, tmp_path):
     """Scoring reads every split as validation does (no augmentation, no random frame draws): the
     training cases it scores are the cases as a plain read gives them, and cases of different
     lengths fit one contact sheet."""
-    from fundus2video.commands.evaluate import evaluation_data
     from fundus2video.data_modules.cases import folder_records
     from fundus2video.data_modules.datasets import FileVideoDataset
     from fundus2video.data_modules.phantom_files import write_phantom
     from fundus2video.data_modules.transforms import PairedTransform
+    from fundus2video.evaluation import evaluation_data
     from fundus2video.hub import load_module
 
     write_phantom(tmp_path / "cases", 6, size=48, n_frames=10, video="png", progress=False)

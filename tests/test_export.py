@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from fundus2video.commands.export import ONNX_MISSING, export_generator
 from fundus2video.errors import UserError
+from fundus2video.export import ONNX_MISSING, export_generator
 from fundus2video.hub import load_module
 from tests.helpers.cli import run_cli
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fundus2video.commands.evaluate import evaluate
 from fundus2video.data_modules.cases import folder_records
 from fundus2video.data_modules.datasets import FileVideoDataset, PhantomVideoDataset
 from fundus2video.data_modules.phantom import DYNAMIC_KINDS, LESION_KINDS
 from fundus2video.data_modules.phantom_files import write_phantom
 from fundus2video.data_modules.transforms import PairedTransform
+from fundus2video.evaluation import evaluate
 from fundus2video.metrics.kinetics import DIRECTION_MIN, LesionKinetics, reference_rise
 from fundus2video.training import train
 
@@ -307,7 +307,7 @@ def test_case_folders_read_lesion_kind_and_vessel_masks(tmp_path):
 
 
 def test_evaluate_writes_the_kinetics_scores_and_curves(tiny, tmp_path):
-    from fundus2video.commands.evaluate import evaluation_data
+    from fundus2video.evaluation import evaluation_data
     from fundus2video.hub import load_module
 
     run_dir = train(tiny("optim.epochs_constant=1", "optim.epochs_decay=0", "data.phantom.n_test=3",

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fundus2video.commands.import_weights import import_weights
 from fundus2video.config import load_config, to_plain
 from fundus2video.errors import ConfigError, UserError
 from fundus2video.losses import feature_matching_loss, gradient_variance_loss, lsgan_loss
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.networks.discriminator import pix2pixhd_key
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
+from fundus2video.release_weights import import_weights
 from fundus2video.training import build_trainer, train
 from tests.helpers.cli import run_cli
 

@@ -92,3 +92,28 @@ def test_each_idea_has_its_file(name):
     assert (TREES["fundus2video"] / files[name]).is_file()
     assert "class KnowledgeAwareDiscriminator" in (TREES["fundus2video"] / "networks/discriminator.py").read_text()
     assert "def scheduled_previous" in (TREES["fundus2video"] / "rollout.py").read_text()
+
+
+# the command line's own tests, which check the README's command lines against the real parsers
+CLI_TESTS = {"test_readme.py"}
+
+
+def test_tests_reach_the_commands_through_the_command_line_only():
+    """Tests use the library (core, training, studies, ...) directly and a command only through
+    `fundus2video.commands.cli` (main, build_parser), as a user would."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path.name in CLI_TESTS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("fundus2video", "fundus2video.commands"):
+                names = [f"{node.module}.{a.name}" for a in node.names]  # `from fundus2video.commands import cli`
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)} imports {n}" for n in names
+                          if n.startswith("fundus2video.commands") and n != "fundus2video.commands.cli"]
+    assert not offenders, offenders

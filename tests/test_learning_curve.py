@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fundus2video.callbacks import LearningCurve
-from fundus2video.commands.evaluate import evaluate
+from fundus2video.evaluation import evaluate
 from fundus2video.training import train
 
 pytestmark = pytest.mark.slow

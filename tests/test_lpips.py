@@ -108,7 +108,7 @@ def test_frames_outside_unit_range_are_refused(backbone_files):
 def test_evaluation_loads_lpips_once_and_scores_each_case_alone(backbone_files, monkeypatch):
     """The per-case LPIPS is that case's alone although one network serves every case (its backbone
     file is read once, not once per case)."""
-    from fundus2video.commands import evaluate as ev
+    from fundus2video import scoring as ev
     from fundus2video.metrics import lpips as lp
 
     loads = []

@@ -116,7 +116,7 @@ def test_auto_picks_onnxruntime_on_the_cpu(ckpt, tmp_path, monkeypatch, exports)
 
 
 def test_api_batches_and_hub_folders_equal_torch(ckpt, tmp_path, exports):
-    from fundus2video.commands.export import export_generator
+    from fundus2video.export import export_generator
 
     photos = [_photo(tmp_path / f"p{i}.png", index=i, size=size) for i, size in enumerate((96, 128, 80))]
     module = load_module(ckpt)

@@ -427,7 +427,7 @@ def test_a_case_that_cannot_be_registered_is_used_as_read_and_said(monkeypatch, 
 
 @pytest.mark.slow
 def test_training_and_evaluation_read_registered_cases(tiny, tmp_path):
-    from fundus2video.commands.evaluate import evaluate
+    from fundus2video.evaluation import evaluate
     from fundus2video.training import train
 
     run = train(tiny("data.phantom.preset=realistic", "data.register=true", "data.phantom.render_size=96",

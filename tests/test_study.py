@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from fundus2video.commands.cli import main
-from fundus2video.commands.study import load_study, run_study, units
-from fundus2video.commands.study_report import README_BEGIN, README_END, build_report, load_units, paired_difference
+from fundus2video.studies.report import build_report, paired_difference
+from fundus2video.studies.results import README_BEGIN, README_END, load_units
+from fundus2video.studies.runner import run_study, units
+from fundus2video.studies.spec import load_study
 
 SPEC = """variants: [fundus2video, pix2pixhd]
 seeds: [0, 1]

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from fundus2video.commands.study import load_study
-from fundus2video.commands.study_report import build_report
+from fundus2video.studies.report import build_report
+from fundus2video.studies.spec import load_study
 
 SPEC = """variants: [fundus2video, pix2pixhd, ablations/lesion_mask]
 seeds: [0, 1, 2, 3, 4]

@@ -1,6 +1,5 @@
 """Sweeps: every sweep file fits the config schema; local grid/random/bayes runs; the table; errors."""
 
-import argparse
 import csv
 import os
 import random
@@ -10,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fundus2video.commands import sweep as sw
+from fundus2video.commands.cli import main
 from fundus2video.config import load_config
 from fundus2video.errors import ConfigError, UserError
+from fundus2video.sweeps import run as sw
 from fundus2video.sweeps.search import Search
 from fundus2video.sweeps.spec import expand_command, load_sweep
 from tests.conftest import TINY
@@ -131,10 +131,7 @@ def test_failed_runs_are_recorded_and_ranked_last(tmp_path, monkeypatch, capsys)
         return run_dir
 
     monkeypatch.setattr("fundus2video.training.train", fake_train)
-    parser = argparse.ArgumentParser()
-    sw.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["sweep", "smoke_grid", "--local", f"--out={tmp_path}", "--count", "9", *TINY])
-    assert sw.cmd_sweep(args) == 1  # a run failed
+    assert main(["sweep", "smoke_grid", "--local", f"--out={tmp_path}", "--count", "9", *TINY]) == 1  # a run failed
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert [(r["run"], r["val/psnr"]) for r in rows] == [
         ("smoke_grid-1", "20.5"), ("smoke_grid-2", "11.0"), ("smoke_grid-0", "10.5"), ("smoke_grid-3", "")]

@@ -27,7 +27,7 @@ def test_a_failed_evaluation_leaves_the_previous_one_whole(trained_run, tmp_path
     before = _tree(out)
     assert "metrics.json" in before and "contact_sheet.png" in before
 
-    from fundus2video.commands import evaluate as ev
+    from fundus2video import evaluation as ev
 
     def full_disk(path, image):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
