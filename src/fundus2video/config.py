@@ -594,9 +594,12 @@ def to_plain(cfg: DictConfig) -> dict:
 
 
 def from_plain(data: dict) -> DictConfig:
-    """Rebuild a validated config from `to_plain` output (e.g. a checkpoint's hparams)."""
+    """Rebuild a validated config from `to_plain` output (e.g. a checkpoint's hparams): types, and the
+    same constraints as an experiment file's (a checkpoint written by hand or by other code may hold
+    what no experiment could, e.g. data.size=-64)."""
     data = _migrated(data)
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data))
+    _check(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -93,3 +93,23 @@ def test_evaluate_a_hub_folder_needs_data_and_then_scores_it(ckpt, tmp_path):
                 "--out", tmp_path / "e")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]["psnr"] > 0
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("data.size", -64, "data.size: -64 is out of range"),
+    ("model.window", 0, "model.window"),
+    ("loss.gv", float("nan"), "loss.gv: nan is out of range"),
+])
+def test_hyperparameters_no_experiment_could_hold_are_refused(ckpt, photo, tmp_path, key, value, words):
+    section, name = key.split(".")
+
+    def edit(data):
+        data["hyper_parameters"]["config"][section][name] = value
+
+    bad = _edited(ckpt, tmp_path, "odd.ckpt", edit)
+    for command in (["generate", "--cf", photo, "--out", tmp_path / "v.mp4", "--runtime", "torch"],
+                    ["evaluate", "--split", "val", "--out", tmp_path / "eval"]):
+        r = run_cli(command[0], "--ckpt", bad, *command[1:])
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "odd.ckpt: its configuration is not valid" in r.stderr and words in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.ckpt"]
