@@ -34,8 +34,17 @@ import torch
 
 from fundus2video.download import download, json_file, safetensors_file, shown, zip_file
 from fundus2video.errors import UserError
-from fundus2video.io import atomic_path
-from fundus2video.limits import MAX_BLOCKS, MAX_DOWNSAMPLE, MAX_FRAMES, MAX_SIZE, MAX_WIDTH, MAX_WINDOW
+from fundus2video.io import atomic_path, first_line
+from fundus2video.limits import (
+    MAX_BLOCKS,
+    MAX_CONFIG_BYTES,
+    MAX_DOWNSAMPLE,
+    MAX_FRAMES,
+    MAX_SIZE,
+    MAX_VIDEO_PIXELS,
+    MAX_WIDTH,
+    MAX_WINDOW,
+)
 from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer
 from fundus2video.rollout import rollout
 from fundus2video.state_dicts import first_mismatch, not_finite
@@ -200,6 +209,15 @@ def _check_config(config: Any, where: Path) -> tuple[type[torch.nn.Module], dict
         if not ok or (name in LIMITS and value > LIMITS[name]):  # the ceilings keep a bad file from a hang
             raise _fail(where, f"generator args: bad {name} {value!r}" + (
                 f" (at most {LIMITS[name]})" if ok else ""))
+    multiple = 2 ** (args["n_downsample"] + (g["netg"] == "local"))  # the local enhancer halves once more
+    if config["size_multiple"] != multiple:
+        raise _fail(where, f"'size_multiple' {config['size_multiple']} does not match the generator ({multiple}: "
+                           f"2 ** n_downsample{' + 1' if g['netg'] == 'local' else ''})")
+    if config["size"] % multiple:
+        raise _fail(where, f"'size' {config['size']} is not a multiple of 'size_multiple' {multiple}")
+    if config["n_frames"] * config["size"] ** 2 > MAX_VIDEO_PIXELS:
+        raise _fail(where, f"'n_frames' {config['n_frames']} at 'size' {config['size']} makes a video of "
+                           f"{config['n_frames'] * config['size'] ** 2:.3g} pixels (at most {MAX_VIDEO_PIXELS:.3g})")
     window = config["window"]
     if args["input_nc"] != 3 + window or args["output_nc"] != window:
         raise _fail(where, f"generator args: input_nc {args['input_nc']} / output_nc {args['output_nc']} do not "
@@ -216,10 +234,13 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Loade
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise _fail(folder, f"not a fundus2video Hub folder (no {name})")
+    if (folder / CONFIG).stat().st_size > MAX_CONFIG_BYTES:
+        raise _fail(folder / CONFIG, f"{(folder / CONFIG).stat().st_size} bytes (a fundus2video config is a few kB; "
+                                     f"at most {MAX_CONFIG_BYTES} are read)")
     try:
         config = json.loads((folder / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _fail(folder / CONFIG, f"not valid JSON ({err})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # ValueError: JSON, and integers of 4300+ digits
+        raise _fail(folder / CONFIG, f"not valid JSON ({first_line(err)})") from None
     cls, args = _check_config(config, folder / CONFIG)
     try:
         with torch.device("meta"):  # shapes only: a config asking for a huge network allocates nothing

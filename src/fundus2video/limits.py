@@ -11,3 +11,5 @@ MAX_BLOCKS = 64  # residual blocks
 MAX_WIDTH = 4096  # ngf, ndf, the PatchNCE projection's width
 MAX_IMAGE_PIXELS = 100_000_000  # a photo or frame read from disk: fundus cameras stay under 30 megapixels
 MAX_IMAGE_SIDE = 20_000
+MAX_VIDEO_PIXELS = 2**30  # frames x height x width of one generated video: 4 GiB as float32
+MAX_CONFIG_BYTES = 1_000_000  # a Hub folder's config.json: fundus2video writes about 3 kB

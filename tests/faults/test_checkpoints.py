@@ -113,3 +113,30 @@ def test_hyperparameters_no_experiment_could_hold_are_refused(ckpt, photo, tmp_p
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert "odd.ckpt: its configuration is not valid" in r.stderr and words in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.ckpt"]
+
+
+def _hub_config(folder, edit=None, text=None):
+    path = folder / "config.json"
+    if text is None:
+        config = json.loads(path.read_text())
+        edit(config)
+        text = json.dumps(config)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("name, edit, text, words", [
+    ("multiple", lambda c: c.update(size_multiple=2), None, "'size_multiple' 2 does not match the generator (4"),
+    ("size", lambda c: c.update(size=30), None, "'size' 30 is not a multiple of 'size_multiple' 4"),
+    ("video", lambda c: c.update(n_frames=1000, size=4096), None, "makes a video of 1.68e+10 pixels"),
+    ("digits", None, '{"format_version": ' + "9" * 5000 + "}", "not valid JSON (ValueError: Exceeds the limit"),
+    ("deep", None, "[" * 100_000 + "]" * 100_000, "not valid JSON (RecursionError: maximum recursion depth"),
+    ("large", None, " " * 2_000_000 + "{}", "2000002 bytes (a fundus2video config is a few kB"),
+])
+def test_a_hub_config_no_export_writes_is_refused_in_one_line(ckpt, photo, tmp_path, name, edit, text, words):
+    folder = tmp_path / "hub"
+    assert run_cli("export", "--ckpt", ckpt, "--format", "hub", "--out", folder).returncode == 0
+    _hub_config(folder, edit, text)
+    r = run_cli("generate", "--ckpt", folder, "--cf", photo, "--out", tmp_path / "v.mp4", "--runtime", "torch")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "config.json: " in r.stderr and words in r.stderr, r.stderr
+    assert not (tmp_path / "v.mp4").exists()
