@@ -75,8 +75,26 @@ def test_the_report_applies_the_declared_analysis(tmp_path):
     ("  primary: [psnr]\n  claims: [{name: x, variant: pix2pixhd, kind: non_inferiority}]\n",
      "a non-inferiority claim needs a margin"),
     ("  primary: [psnr]\n  power: 0.8\n", "analysis: unknown keys ['power']"),
+    ("  primary: [psnr]\n  compare: [nosuch]\n", "analysis.compare: expected a list of variants"),
 ])
 def test_a_declaration_the_report_could_not_apply_is_refused(tmp_path, analysis, message):
     (tmp_path / "bad.yaml").write_text("variants: [fundus2video, pix2pixhd]\nanalysis:\n" + analysis)
     with pytest.raises(Exception, match=re.escape(message)):
         load_study(str(tmp_path / "bad.yaml"))
+
+
+def test_a_descriptive_comparison_reports_intervals_and_no_verdict(tmp_path):
+    (tmp_path / "d.yaml").write_text("variants: [fundus2video, pix2pixhd]\nseeds: [0, 1, 2]\nbudget:\n"
+                                     "  data: {size: 32, n_frames: 4}\nanalysis:\n  correction: none\n"
+                                     "  primary: [psnr_lesion, rise_skill_all]\n  claims: []\n  compare: [pix2pixhd]\n")
+    spec = load_study(str(tmp_path / "d.yaml"))
+    results = tmp_path / "results"
+    _write_units(spec, results, {"fundus2video": (16.0, 0.4), "pix2pixhd": (15.0, 0.1)}, noise=0.05)
+    md = build_report(spec, results).read_text()
+    assert "descriptive: no claim is tested, so nothing is corrected" in md
+    assert "Verdicts" not in md and "**held**" not in md
+    row = next(line for line in md.splitlines() if line.startswith("| pix2pixhd | 3 | "))
+    diffs = [json.loads((results / "fundus2video" / f"seed{s}.json").read_text())["metrics"]["psnr_lesion"]
+             - json.loads((results / "pix2pixhd" / f"seed{s}.json").read_text())["metrics"]["psnr_lesion"]
+             for s in range(3)]
+    assert f"{np.mean(diffs):+.2f} [" in row  # fundus2video - pix2pixhd, about +1 dB

@@ -159,4 +159,7 @@ def apply(analysis: dict, scores: dict[str, dict[int, dict[str, float]]], refere
         arm = name_of(claim["variant"])
         sign = -1.0 if claim["kind"] == "superiority_of_variant" else 1.0
         second[arm] = {key: paired_t(diffs(arm, key, sign), alpha) for key in secondary}
-    return {"alpha": alpha, "m": m, "tests": tests, "verdicts": verdicts, "secondary": second}
+    # descriptive comparisons: reference - arm on every endpoint, uncorrected, no verdict
+    compared = {name_of(v): {key: paired_t(diffs(name_of(v), key, 1.0), alpha) for key in [*primary, *secondary]}
+                for v in analysis.get("compare") or []}
+    return {"alpha": alpha, "m": m, "tests": tests, "verdicts": verdicts, "secondary": second, "compared": compared}

@@ -69,11 +69,12 @@ def declared_report(spec, results: Path) -> Path:
         lines += [f"Units that ran code with uncommitted changes: {', '.join(dirty)}.", ""]
     margins = ", ".join(f"{k} {v}" for k, v in (a.get("margins") or {}).items())
     targets = ", ".join(f"{k} {v}" for k, v in (a.get("power_targets") or {}).items())
-    lines += ["**The declared analysis** (written in the spec before the first unit trained):",
+    lines += ["**The declared analysis** (as the spec declares it; units trained under another are listed above):",
               f"the unit is the seed (its score over the test cases); each comparison is the paired difference "
               f"over the seeds two arms share, tested with a {a.get('test', 'paired_t')} interval (two-sided; "
               f"one-sided against the margin for non-inferiority) at alpha {out['alpha']}, "
-              f"{a.get('correction', 'holm')}-corrected over the {out['m']} (claim, primary endpoint) tests. "
+              + (f"{a.get('correction', 'holm')}-corrected over the {out['m']} (claim, primary endpoint) tests. "
+                 if out["verdicts"] else "descriptive: no claim is tested, so nothing is corrected. ") +
               f"Primary endpoints: {', '.join(a['primary'])}; secondary, reported uncorrected: "
               f"{', '.join(a.get('secondary') or []) or 'none'}. Non-inferiority margins: {margins or 'none'}. "
               f"Power is computed for: {targets or 'nothing'} (at the first Holm step's level, from the observed "
@@ -111,26 +112,37 @@ def declared_report(spec, results: Path) -> Path:
                     for m in ("rise_skill", "rise_corr", "direction_acc")]
             cells.append(" / ".join(_fmt(v, 2) for v in vals))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "The tests (difference in favour of the claim: reference − arm, or arm − reference for a claim "
-              "about the arm; interval at the test's own Holm level; power to detect the declared difference):", "",
-              "| claim | endpoint | seeds | difference | interval | p | Holm p | power | seeds for 80 % |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for v in out["verdicts"]:
-        for t in v["tests"]:
-            digits = 2 if t["endpoint"].startswith("psnr") else 3
-            lines.append(f"| {v['claim']} | {t['endpoint']} | {t['n']} | {_fmt(t['mean'], digits, True)} | "
-                         f"[{_fmt(t.get('lo_step', math.nan), digits, True)}, "
-                         f"{_fmt(t.get('hi_step', math.nan), digits, True)}] | {_fmt(t['p'], 3)} | "
-                         f"{_fmt(t.get('p_adjusted', math.nan), 3)} | {_fmt(t.get('power', math.nan), 2)} | "
-                         f"{t.get('seeds_for_80') or ('—' if math.isnan(t['sd']) else '> 1000')} |")
-    lines += ["", "Verdicts (held: a primary endpoint favours the claim after Holm and none goes against it; not held: "
-              "one goes against it; not tested: neither, at the power shown; non-inferiority: held when every "
-              "primary endpoint's one-sided test clears its margin):", ""]
-    for v in out["verdicts"]:
-        powers = [t.get("power") for t in v["tests"] if t.get("power") is not None and not math.isnan(t["power"])]
-        reach = f" (power reached: {min(powers):.2f}–{max(powers):.2f})" if powers and v["verdict"] == "not tested" \
-            else ""
-        lines.append(f"- {v['claim']} ({v['variant']}): **{v['verdict']}**{reach}.")
+    if out["verdicts"]:
+        lines += ["", "The tests (difference in favour of the claim: reference − arm, or arm − reference for a claim "
+                  "about the arm; interval at the test's own Holm level; power to detect the declared difference):", "",
+                  "| claim | endpoint | seeds | difference | interval | p | Holm p | power | seeds for 80 % |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for v in out["verdicts"]:
+            for t in v["tests"]:
+                digits = 2 if t["endpoint"].startswith("psnr") else 3
+                lines.append(f"| {v['claim']} | {t['endpoint']} | {t['n']} | {_fmt(t['mean'], digits, True)} | "
+                             f"[{_fmt(t.get('lo_step', math.nan), digits, True)}, "
+                             f"{_fmt(t.get('hi_step', math.nan), digits, True)}] | {_fmt(t['p'], 3)} | "
+                             f"{_fmt(t.get('p_adjusted', math.nan), 3)} | {_fmt(t.get('power', math.nan), 2)} | "
+                             f"{t.get('seeds_for_80') or ('—' if math.isnan(t['sd']) else '> 1000')} |")
+        lines += ["", "Verdicts (held: a primary endpoint favours the claim after Holm and none goes against it; "
+                  "not held: one goes against it; not tested: neither, at the power shown; non-inferiority: held "
+                  "when every primary endpoint's one-sided test clears its margin):", ""]
+        for v in out["verdicts"]:
+            powers = [t.get("power") for t in v["tests"]
+                      if t.get("power") is not None and not math.isnan(t["power"])]
+            reach = (f" (power reached: {min(powers):.2f}–{max(powers):.2f})"
+                     if powers and v["verdict"] == "not tested" else "")
+            lines.append(f"- {v['claim']} ({v['variant']}): **{v['verdict']}**{reach}.")
+    if out["compared"]:
+        keys = [*a["primary"], *(a.get("secondary") or [])]
+        lines += ["", f"Descriptive comparisons ({ref} − arm over the seeds both have; uncorrected 95 % t interval; "
+                  "no verdict):", "", "| arm | seeds | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+        for arm, by_key in out["compared"].items():
+            n = max((t["n"] for t in by_key.values()), default=0)
+            lines.append(f"| {arm} | {n} | " + " | ".join(
+                f"{_fmt(t['mean'], 2 if k.startswith('psnr') else 3, True)} [{_fmt(t['lo'], 3, True)}, "
+                f"{_fmt(t['hi'], 3, True)}]" for k, t in by_key.items()) + " |")
     if out["secondary"]:
         keys = list(a.get("secondary") or [])
         lines += ["", "Secondary endpoints (difference in favour of the claim as above, uncorrected 95 % t interval; "

@@ -22,7 +22,7 @@ CASE_KEYS = ("psnr", "ssim", "psnr_lesion", "ssim_lesion", "psnr_km", "curve_mae
              "real_lesion_rise", "false_bright", "time_corr")
 # what an `analysis:` section of a spec may declare (the report applies it as written)
 ANALYSIS_KEYS = {"unit", "test", "alpha", "correction", "primary", "secondary", "claims", "margins",
-                 "power_targets", "skill_reference"}
+                 "power_targets", "skill_reference", "compare"}
 @dataclass
 class StudySpec:
     name: str
@@ -132,6 +132,9 @@ def _checked_analysis(path: Path, analysis: dict, variants: list) -> dict:
     primary = analysis.get("primary")
     if not isinstance(primary, list) or not primary or not all(isinstance(p, str) for p in primary):
         raise ConfigError(f"{path}: analysis.primary: expected a list of score names, found {primary!r}")
+    compare = analysis.get("compare") or []
+    if not isinstance(compare, list) or not all(v in variants for v in compare):
+        raise ConfigError(f"{path}: analysis.compare: expected a list of variants among {variants}, found {compare!r}")
     kinds = ("superiority", "non_inferiority", "superiority_of_variant")
     for claim in analysis.get("claims") or []:
         if not isinstance(claim, dict) or claim.get("variant") not in variants or claim.get("kind") not in kinds:
