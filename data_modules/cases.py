@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import warnings
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # OpenCV's own ceiling (read when it first decodes) matches ours, for the formats Pillow cannot size
-from fundus2video.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: I001 (before cv2, which reads the env)
+from fundus2video.limits import MAX_CASE_ROWS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: I001 (before cv2, which reads the env)
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
@@ -33,6 +34,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fundus2video.errors import CaseError  # noqa: E402
+
+log = logging.getLogger("fundus2video")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
@@ -246,6 +249,10 @@ def _read_cases_csv(root: Path) -> dict[str, dict]:
     path = root / "cases.csv"
     if not path.is_file():
         return {}
+    with open(path, "rb") as f:  # counted before parsing: a million rows take seconds and gigabytes
+        n_lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    if n_lines > MAX_CASE_ROWS + 1:
+        raise CaseError(f"{path}: {n_lines} lines (at most {MAX_CASE_ROWS} cases, one row each, are read)")
     rows = read_csv_rows(path)
     if rows and "case_id" not in rows[0][1]:
         raise CaseError(f"{path}: expected a case_id column (optional: patient_id, eye, times); found "
@@ -273,6 +280,24 @@ def _read_cases_csv(root: Path) -> dict[str, dict]:
     return out
 
 
+def _match_cases_csv(root: Path, meta: dict[str, dict], names: list[str]) -> None:
+    """cases.csv's rows against the case folders: an id that differs from its folder's name only in
+    letter case would leave the case without its patient (one patient's eyes split across training
+    and test), so it stops; rows naming no folder at all are said once."""
+    if not meta:
+        return
+    lower = {n.lower(): n for n in names}
+    unmatched = [case_id for case_id in meta if case_id not in set(names)]
+    for case_id in unmatched:
+        if case_id.lower() in lower:
+            raise CaseError(f"{root / 'cases.csv'}: case {case_id} has no folder; the folder "
+                            f"{lower[case_id.lower()]} differs from it in letter case only (case ids are matched "
+                            "exactly: rename one of them)")
+    if unmatched:
+        log.warning("%s: %d row(s) name no case folder and are not used (%s%s)", root / "cases.csv", len(unmatched),
+                    ", ".join(unmatched[:3]), ", ..." if len(unmatched) > 3 else "")
+
+
 def folder_records(root: str | Path) -> list[CaseRecord]:
     """One record per sub-folder of `root` (the folders layout). File problems surface when
     a case is loaded (see `check.py`), so one bad case never hides the others."""
@@ -282,8 +307,10 @@ def folder_records(root: str | Path) -> list[CaseRecord]:
     if not root.is_dir():
         raise CaseError(f"data folder not found: {root}")
     meta = _read_cases_csv(root)
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
+    _match_cases_csv(root, meta, [p.name for p in folders])
     records = []
-    for case_dir in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name)):
+    for case_dir in folders:
         info = meta.get(case_dir.name, {})
         cfs = _named(case_dir, "cf", IMAGE_EXTS)
         lesions = _named(case_dir, "lesion", (".png",))

@@ -280,6 +280,34 @@ def test_an_excel_bom_is_read_and_a_cases_csv_row_listed_twice_is_refused(tmp_pa
         _read_cases_csv(tmp_path)
 
 
+def test_cases_csv_ids_must_name_the_folders_exactly(tmp_path, caplog):
+    for name in ("phantom0000", "phantom0001"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "cases.csv").write_text("case_id,patient_id\nPhantom0000,P1\nphantom0001,P1\n")
+    with pytest.raises(CaseError, match=r"case Phantom0000 has no folder; the folder phantom0000 differs from it "
+                                        r"in letter case only"):
+        folder_records(tmp_path)
+    (tmp_path / "cases.csv").write_text("case_id,patient_id\nphantom0000,P1\nphantom0001,P1\n"
+                                        + "".join(f"gone{i},P{i}\n" for i in range(5)))
+    with caplog.at_level("WARNING", logger="fundus2video"):
+        records = folder_records(tmp_path)
+    assert [r.patient_id for r in records] == ["P1", "P1"]  # the two eyes stay one patient
+    assert "cases.csv: 5 row(s) name no case folder and are not used (gone0, gone1, gone2, ...)" in caplog.text
+
+
+def test_a_cases_csv_of_a_million_rows_is_refused_before_parsing(tmp_path):
+    import resource
+
+    (tmp_path / "c0").mkdir()
+    with open(tmp_path / "cases.csv", "w") as f:
+        f.write("case_id,patient_id\n")
+        f.writelines(f"x{i},P{i}\n" for i in range(1_000_000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CaseError, match=r"cases.csv: 1000001 lines \(at most 100000 cases"):
+        folder_records(tmp_path)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB: not parsed
+
+
 @pytest.mark.parametrize("picture, message", [
     (np.full((256, 256, 3), 255, np.uint8), "uniform"),
     (np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8), "not orange-red"),

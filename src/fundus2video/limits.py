@@ -13,3 +13,4 @@ MAX_IMAGE_PIXELS = 100_000_000  # a photo or frame read from disk: fundus camera
 MAX_IMAGE_SIDE = 20_000
 MAX_VIDEO_PIXELS = 2**30  # frames x height x width of one generated video: 4 GiB as float32
 MAX_CONFIG_BYTES = 1_000_000  # a Hub folder's config.json: fundus2video writes about 3 kB
+MAX_CASE_ROWS = 100_000  # rows of a folder layout's cases.csv: more case folders than any angiography archive
