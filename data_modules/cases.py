@@ -82,6 +82,11 @@ def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:  # 16-bit: scale to 8-bit (65535 -> 255)
+        peak = int(img.max())
+        if 255 < peak < 4096:  # read as 16 bits it would be nearly black, and judged so
+            raise CaseError(f"{path}: a 16-bit image whose values stop at {peak} (a 10- or 12-bit camera's samples "
+                            "stored without scaling?); expected the 16-bit range: save it scaled to 0..65535, or as "
+                            "8-bit")
         return (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     raise CaseError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
 

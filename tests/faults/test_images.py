@@ -72,3 +72,17 @@ def test_data_check_finds_what_training_would_trip_on_later(tmp_path):
     assert "BAD phantom0002:" in out and "the mask is 64x32 but the CF is 64x64" in out, out
     assert "BAD phantom0003: uniform frame(s), one grey level: 002.png" in out, out
     assert "4 cases, 1 ok, 3 bad" in out
+
+
+@pytest.mark.parametrize("peak", [1023, 4095])
+def test_10_and_12_bit_samples_in_a_16_bit_file_are_named_not_called_black(tmp_path, peak):
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "cf.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, peak + 1, (64, 64, 3)).astype(np.uint16))
+    with pytest.raises(CaseError, match=rf"cf.png: a 16-bit image whose values stop at {peak} \(a 10- or 12-bit"):
+        read_image(path)
+    full = tmp_path / "full.png"  # the 16-bit range proper reads as before
+    cv2.imwrite(str(full), np.full((8, 8, 3), 65535, np.uint16))
+    assert read_image(full).max() == 255
