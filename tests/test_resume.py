@@ -235,6 +235,15 @@ def test_resume_with_another_network_is_refused_and_init_from_starts_from_weight
         train(cfg("name=both"), resume=ckpt, init_from=ckpt)
     assert main(["train", "smoke", *TINY, f"logging.root={tmp_path}", "--init-from", str(tmp_path / "no.ckpt")]) == 2
     assert "--init-from: checkpoint not found" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k in data["state_dict"] if k.startswith("generator.") and k.endswith("weight"))
+    data["state_dict"][key].view(-1)[0] = float("nan")
+    torch.save(data, tmp_path / "nan.ckpt")
+    nan_run = ["train", "smoke", *TINY, f"logging.root={tmp_path / 'nan'}", "--init-from", str(tmp_path / "nan.ckpt")]
+    assert main(nan_run) == 2
+    err = capsys.readouterr().err
+    assert "nan.ckpt: 1 weight tensor(s) hold NaN or infinite values" in err and "lower optim.lr" not in err, err
+    assert not (tmp_path / "nan").exists()
     weights_only = tmp_path / "weights.ckpt"  # as import-weights writes them: no training state
     full = torch.load(ckpt, weights_only=True)
     torch.save({k: full[k] for k in ("state_dict", "hyper_parameters", "epoch", "global_step")}, weights_only)

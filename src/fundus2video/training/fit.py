@@ -34,6 +34,7 @@ from fundus2video.data_modules import Fundus2VideoDataModule
 from fundus2video.errors import ConfigError
 from fundus2video.io import atomic_path, read_checkpoint
 from fundus2video.module import Fundus2VideoModule
+from fundus2video.state_dicts import not_finite
 from fundus2video.training.rundir import RUN_DIR_ENV, global_rank, make_loggers, make_run_dir, run_info, write_config
 from fundus2video.training.trainer import (
     build_trainer,
@@ -202,6 +203,8 @@ def init_weights_from(module: Fundus2VideoModule, path: str | Path) -> None:
     (KBA heads a release never had) keep their initialisation and are listed."""
     path = Path(path)
     state = read_checkpoint(path, "--init-from")["state_dict"]
+    if (bad := not_finite(state)) is not None:  # else the first step would say "diverged: lower optim.lr"
+        raise ConfigError(f"--init-from: {path}: {bad}")
     own = module.state_dict()
     wrong = [f"{k} {tuple(v.shape)} (here {tuple(own[k].shape)})" for k, v in state.items()
              if k in own and own[k].shape != v.shape]
