@@ -56,7 +56,10 @@ TIME_SOURCES = ("AcquisitionDateTime", "AcquisitionDate+AcquisitionTime", "Conte
                 "AcquisitionTime", "ContentTime")
 PIXEL_TAGS = {(0x7FE0, 0x0010): "PixelData", (0x7FE0, 0x0008): "FloatPixelData",
               (0x7FE0, 0x0009): "DoubleFloatPixelData"}
-MAX_FRAMES = 10_000  # more frames than any angiogram has: a corrupt NumberOfFrames
+# frames of one DICOM file: past this, NumberOfFrames is corrupt (a file is read whole; a video's frames
+# for training are fewer, limits.MAX_FRAMES, and are selected from it)
+MAX_DICOM_FRAMES = 10_000
+MAX_NAME = 96  # characters of a folder name made from a PatientID (the case folder adds eye and study)
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
@@ -160,6 +163,8 @@ def pseudonym(patient_id: str, key: str) -> str:
 def safe_name(text: str) -> str:
     """A folder name from a patient id: letters, digits, '.', '_' and '-' only, never hidden."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    if len(name) > MAX_NAME:  # a file system's names stop at 255 bytes: keep it short, and still unique
+        name = f"{name[:MAX_NAME - 13]}_{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
     return name or "patient"
 
 
@@ -345,7 +350,8 @@ def _read_header(path: Path, rel: str) -> DicomObject | str:
                         if name != sop_class else f"unknown SOP class {_shown(sop_class) or '(none)'}")
             transfer_syntax = _text(ds.file_meta, "TransferSyntaxUID") or "1.2.840.10008.1.2"
             rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
-            n_frames = _int(ds, "NumberOfFrames") or 1
+            n_frames = _int(ds, "NumberOfFrames")
+            n_frames = 1 if n_frames is None else n_frames  # absent: one frame; 0 is said as found
             bits, samples = _int(ds, "BitsAllocated"), _int(ds, "SamplesPerPixel") or 1
             expected = rows * columns * samples * (bits // 8) * n_frames if rows and columns and bits else None
             implicit, little = ds.original_encoding if ds.original_encoding[0] is not None else (False, True)
@@ -377,8 +383,8 @@ def _read_header(path: Path, rel: str) -> DicomObject | str:
                 else "no laterality (ImageLaterality / Laterality)")
     if not rows or not columns:
         return "no image size (Rows / Columns)"
-    if not 1 <= n_frames <= MAX_FRAMES:
-        return f"NumberOfFrames {n_frames} is not plausible (1..{MAX_FRAMES})"
+    if not 1 <= n_frames <= MAX_DICOM_FRAMES:
+        return f"NumberOfFrames {n_frames} is not plausible (1..{MAX_DICOM_FRAMES})"
     if bits not in (8, 16):
         return f"BitsAllocated {bits} is not supported (8 or 16)"
     if _int(ds, "PixelRepresentation") == 1:

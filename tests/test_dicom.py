@@ -477,3 +477,19 @@ def test_sigterm_mid_import_leaves_no_patient_image_behind(clean, tmp_path, monk
     (tmp_path / ".cases.import-left" / "cf.png").write_bytes(b"patient")
     assert run_cli("data", "import-dicom", clean[0], "--out", tmp_path / "cases").returncode in (0, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases"]
+
+
+def test_a_zero_frame_count_is_named_and_a_long_patient_id_still_imports(tmp_path):
+    long_id = "PID-" + "X" * 296  # 300 characters: a folder name of that length fails on most file systems
+    cf, frames = _images(5, n_frames=3)
+    write_dcm(tmp_path / "dicom" / "cf.dcm", cf, patient=long_id, photometric="RGB", when=-60)
+    write_dcm(tmp_path / "dicom" / "ffa.dcm", frames, patient=long_id, frame_time=2000, when=30)
+    zero = write_dcm(tmp_path / "dicom" / "zero.dcm", frames, patient=long_id, frame_time=2000, when=90)
+    ds = pydicom.dcmread(zero)
+    ds.NumberOfFrames = 0
+    ds.save_as(zero, enforce_file_format=True)
+    proc = run_cli("data", "import-dicom", tmp_path / "dicom", "--out", tmp_path / "cases")
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert re.search(r"^SKIPPED zero.dcm: NumberOfFrames 0 is not plausible", proc.stdout, re.M), proc.stdout
+    (case,) = folder_records(tmp_path / "cases")
+    assert len(case.case_id) < 120 and case.case_id.startswith("PID-XXX") and len(case.frames) == 3
