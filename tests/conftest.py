@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ["WANDB_MODE"] = "disabled"  # tests that need wandb set their own mode
 os.environ.setdefault("WANDB_SILENT", "true")
+# no test reaches past this machine: pretrained weights asked for as `auto` are skipped, not fetched
+# (the download tests serve them from 127.0.0.1 and clear this themselves)
+os.environ["FUNDUS2VIDEO_OFFLINE"] = "1"
 
 from fundus2video.config import load_config  # noqa: E402
 

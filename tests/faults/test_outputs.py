@@ -57,3 +57,17 @@ def test_staged_outputs_swap_in_together_and_drop_what_the_run_no_longer_writes(
     with staged_outputs(out, {"a.txt"}, "t") as stage:
         (stage / "a.txt").write_text("a")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "mine.txt"]
+
+
+def test_a_full_disk_that_names_no_file_says_what_was_being_written(trained_run, tmp_path, monkeypatch):
+    ckpt = trained_run("plain") / "checkpoints" / "last.ckpt"
+    from fundus2video import evaluation
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as an encoder or torch.save raise it
+
+    monkeypatch.setattr(evaluation, "write_png", full_disk)
+    r = run_cli("evaluate", "--ckpt", ckpt, "--split", "val", "--protocol", "standard", "--out", tmp_path / "ev")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]  # after the warnings about the metrics it skips
+    assert last == f"fundus2video: error: no space left on device: while writing --out {tmp_path / 'ev'}"

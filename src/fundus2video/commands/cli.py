@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fundus2video: error: {blocking} is a file, not a folder (needed for {err.filename})",
                       file=sys.stderr)
                 return 2
-        print(f"fundus2video: error: {what}: {err.filename or '?'}", file=sys.stderr)
+        # a full disk met inside a library (a video encoder, torch.save) may name no file: say what was written
+        out = getattr(args, "out", None)
+        where = err.filename or (f"while writing --out {out}" if out else f"while running `fundus2video {command}`")
+        print(f"fundus2video: error: {what}: {where}", file=sys.stderr)
         return 2
     except Exception as err:
         # Lightning's own checks of the trainer settings, for any combination the configuration check
