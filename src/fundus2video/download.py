@@ -1,5 +1,5 @@
 """Every download of the package goes through `download`: weights (pretrained.py) and checkpoints or
-Hub folders given by URL (hub.py).
+Hub folders given by URL (hub/sources.py).
 
 What it guarantees, whatever the server does:
 - a server that accepts and never answers, or stops sending, is given up after `timeout()` seconds

@@ -131,8 +131,8 @@ def export_hub(ckpt: str | Path, out: str | Path, overwrite: bool = False, push:
     from fundus2video.hub import load_module
 
     if push is not None:
-        hub._hf()  # a missing extra is answered before any work
-        hub._repo_id(push)
+        hub.hf_module()  # a missing extra is answered before any work
+        hub.check_repo_id(push)
     elif private:
         raise UserError("--private applies to the repository --push creates; give --push REPO_ID, or leave --private")
     local = hub.resolve(ckpt)

@@ -41,7 +41,7 @@ from fundus2video.losses import (
 from fundus2video.losses.kad import discriminator_terms
 from fundus2video.losses.terms import Window, generator_terms, generator_weights
 from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
-from fundus2video.networks.generator import GlobalGenerator, LocalEnhancer, init_weights
+from fundus2video.networks.generator import build_generator, init_weights
 from fundus2video.networks.projector import PatchProjector, probe_channels
 from fundus2video.rollout import cf_as_frames, frames_from, num_windows, real_share, rollout, scheduled_previous
 from fundus2video.state_dicts import first_mismatch, not_finite
@@ -81,12 +81,9 @@ class Fundus2VideoModule(L.LightningModule):
         self.automatic_optimization = False
         k, g, d, w = cfg.model.window, cfg.model.generator, cfg.model.discriminator, cfg.loss
         # G sees the CF and the K previous frames; D sees the CF and K (real or fake) frames
-        if g.netg == "local":
-            self.generator = LocalEnhancer(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.n_blocks_local,
-                                           g.padding, list(g.kba_stages))
-        else:
-            self.generator = GlobalGenerator(3 + k, k, g.ngf, g.n_downsample, g.n_blocks, g.padding,
-                                             list(g.kba_stages))
+        self.generator = build_generator(g.netg, 3 + k, k, ngf=g.ngf, n_downsample=g.n_downsample, n_blocks=g.n_blocks,
+                                         n_blocks_local=g.n_blocks_local, padding=g.padding,
+                                         kba_stages=list(g.kba_stages))
         self.discriminator = KnowledgeAwareDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d, knowledge_aware=w.kad > 0)
         if cfg.model.init == "normal":
             init_weights(self.generator)

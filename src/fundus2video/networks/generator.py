@@ -147,3 +147,20 @@ class LocalEnhancer(nn.Module):
         small = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
         return self.global_net.encode(small, layer_ids)
 
+
+# netg -> the class and its constructor's arguments besides input_nc / output_nc, in order: the one
+# place a name becomes a generator (the module, and the Hub loader, which picks among these only and
+# never imports a name read from a file)
+GENERATORS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "global": (GlobalGenerator, ("ngf", "n_downsample", "n_blocks", "padding", "kba_stages")),
+    "local": (LocalEnhancer, ("ngf", "n_downsample", "n_blocks", "n_blocks_local", "padding", "kba_stages")),
+}
+
+
+def build_generator(netg: str, input_nc: int, output_nc: int, **settings) -> nn.Module:
+    """The generator `netg` names (model.generator.netg), given the settings its class takes (others,
+    e.g. n_blocks_local for a global generator, are left out)."""
+    if netg not in GENERATORS:
+        raise ValueError(f"generator '{netg}' is not one of {', '.join(GENERATORS)}")
+    cls, names = GENERATORS[netg]
+    return cls(input_nc, output_nc, **{name: settings[name] for name in names})
