@@ -1,5 +1,7 @@
 """Cases on disk: the two layouts, frame selection and reading, with errors that name the file.
 
+(Long because every way a case on disk can be wrong is said here, next to where it is read.)
+
 Layouts (chosen by `data.source`):
 - `folders`: `<root>/<case>/cf.(png|jpg|jpeg|tif|tiff)` with either `ffa.mp4` (read with
   decord, decoding only the frames used) or `ffa/` holding frame images in name order;

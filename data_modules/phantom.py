@@ -1,5 +1,9 @@
 """Procedural phantom of paired colour fundus photos (CF) and fluorescein angiography videos (FFA).
 
+One file on purpose, though long: the anatomy, the lesion kinds, their kinetics, the camera and the
+nuisances share one set of draws and one coordinate model, and every simplification they make is
+read here together with docs/PHANTOM.md; split, the assumptions would no longer be seen side by side.
+
 No real CF/FFA pairs are public, so this module is the project's demo and test dataset.  It is
 seeded (the same arguments give identical arrays), fast (vectorised numpy + cv2 drawing) and its
 CF -> FFA mapping is learnable: every lesion has a CF signature that predicts its FFA behaviour.

@@ -1,5 +1,8 @@
 """Estimating how FFA frames and the colour photo sit on the angiogram's first frame.
 
+One estimator, one file, though long: the line maps, the pyramid, the solver, the search and the two
+passes feed each other's internals (working sizes, prepared maps), which would otherwise become public.
+
 Everything here works on numpy arrays; `registration.folders` reads and writes case folders.
 
 Features. Colour photo (CF) and angiogram (FFA) share little but their vessels, and not even their
