@@ -20,7 +20,8 @@ from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian
 
 from fundus2video.commands import cli
-from fundus2video.data_modules import dicom
+from fundus2video import dicom
+from fundus2video.dicom import write as dicom_write
 from fundus2video.data_modules.cases import folder_records, load_case
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.splits import split_by_patient
@@ -417,7 +418,7 @@ def test_existing_output_is_refused_unless_overwrite(clean, tmp_path, capsys):
 
 
 def test_an_interrupted_import_leaves_no_half_case(clean, tmp_path, monkeypatch):
-    real, count = dicom._write_png, {"n": 0}
+    real, count = dicom_write._write_png, {"n": 0}
 
     def failing(path, image):
         count["n"] += 1
@@ -425,7 +426,7 @@ def test_an_interrupted_import_leaves_no_half_case(clean, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         real(path, image)
 
-    monkeypatch.setattr(dicom, "_write_png", failing)
+    monkeypatch.setattr(dicom_write, "_write_png", failing)
     with pytest.raises(KeyboardInterrupt):
         dicom.import_dicom(clean[0], tmp_path / "cases")
     assert list(tmp_path.iterdir()) == []
@@ -459,7 +460,7 @@ def test_sigterm_mid_import_leaves_no_patient_image_behind(clean, tmp_path, monk
 
     from tests.helpers.cli import run_cli
 
-    real, count = dicom._write_png, {"n": 0}
+    real, count = dicom_write._write_png, {"n": 0}
 
     def terminated(path, image):
         count["n"] += 1
@@ -467,12 +468,12 @@ def test_sigterm_mid_import_leaves_no_patient_image_behind(clean, tmp_path, monk
             os.kill(os.getpid(), signal.SIGTERM)
         real(path, image)
 
-    monkeypatch.setattr(dicom, "_write_png", terminated)
+    monkeypatch.setattr(dicom_write, "_write_png", terminated)
     r = run_cli("data", "import-dicom", clean[0], "--out", tmp_path / "cases")
     assert r.returncode == 143 and "stopped by SIGTERM" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
-    monkeypatch.setattr(dicom, "_write_png", real)
+    monkeypatch.setattr(dicom_write, "_write_png", real)
     (tmp_path / ".cases.import-left").mkdir()  # what a SIGKILL leaves
     (tmp_path / ".cases.import-left" / "cf.png").write_bytes(b"patient")
     assert run_cli("data", "import-dicom", clean[0], "--out", tmp_path / "cases").returncode in (0, 1)

@@ -37,7 +37,7 @@ def cmd_data_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import_dicom(args: argparse.Namespace) -> int:
-    from fundus2video.data_modules.dicom import import_dicom
+    from fundus2video.dicom import import_dicom
 
     report = import_dicom(args.src, args.out, anonymize=args.anonymize, key=args.key, mapping=args.mapping,
                           dry_run=args.dry_run, overwrite=args.overwrite, progress=sys.stderr.isatty())
