@@ -11,7 +11,9 @@ within 1e-4; the rollout loop and its window averaging stay the same).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,19 +94,44 @@ def format_path(out: str | Path, fmt: str) -> Path:
 def write_outputs(frames: torch.Tensor, cf: torch.Tensor, out: str | Path, formats: tuple[str, ...] = ("mp4",),
                   fps: int = 4, strip: bool = False, side_by_side: bool = False) -> list[Path]:
     """One photo's files: `out` names the video; other formats and extras are written next to it
-    with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`). frames (T, 1, S, S), cf (3, S, S)."""
+    with the same stem (`.gif`, `_strip.png`, `_sbs.mp4`). frames (T, 1, S, S), cf (3, S, S).
+
+    They appear together or not at all: each is written to a hidden sibling first and all are renamed
+    into place once every one is written. When they replace an earlier generation's, the files of this
+    stem that it wrote and this one does not (a `.gif` of a run with --gif) are removed, so no outputs
+    of two runs lie side by side."""
     stem = Path(out).with_suffix("")
     video = np.stack([to_uint8(f) for f in frames])
-    writers = {"mp4": write_mp4, "gif": write_gif}
-    paths = [writers[fmt](format_path(out, fmt), video, fps) for fmt in formats]
+    jobs: list[tuple[Path, Callable[[Path], Path]]] = [
+        (format_path(out, fmt), lambda p, fmt=fmt: {"mp4": write_mp4, "gif": write_gif}[fmt](p, video, fps))
+        for fmt in formats]
     if strip:
-        paths.append(write_png(Path(f"{stem}_strip.png"), np.hstack([to_uint8(cf)] + list(video))))
+        jobs.append((Path(f"{stem}_strip.png"), lambda p: write_png(p, np.hstack([to_uint8(cf)] + list(video)))))
     if side_by_side:
         cf_img = enlarge(to_uint8(cf))
         rows = [np.hstack([cf_img, enlarge(f)]) for f in video]
         band = label_band(rows[0].shape[1], ["CF", "generated FFA"])
-        paths.append(write_mp4(Path(f"{stem}_sbs.mp4"), np.stack([np.vstack([band, r]) for r in rows]), fps))
-    return paths
+        sbs = np.stack([np.vstack([band, r]) for r in rows])
+        jobs.append((Path(f"{stem}_sbs.mp4"), lambda p: write_mp4(p, sbs, fps)))
+    replacing = any(path.is_file() for path, _ in jobs)  # an earlier generation of this name is there
+    token = f"{os.getpid()}-{secrets.token_hex(3)}"
+    staged = []
+    try:
+        for path, write in jobs:
+            hidden = path.with_name(f".{path.stem}.{token}{path.suffix}")  # the writers read the suffix
+            staged.append((write(hidden), path))
+    except BaseException:
+        for hidden, _ in staged:
+            hidden.unlink(missing_ok=True)
+        raise
+    for hidden, path in staged:
+        os.replace(hidden, path)
+    written = {path for _, path in staged}
+    siblings = (format_path(out, "mp4"), format_path(out, "gif"), Path(f"{stem}_strip.png"), Path(f"{stem}_sbs.mp4"))
+    for sibling in siblings if replacing else ():
+        if sibling not in written and sibling.is_file() and not sibling.is_symlink():
+            sibling.unlink()
+    return [path for _, path in staged]
 
 
 def generate_videos(module: Fundus2VideoModule, photos: Sequence[str | Path],

@@ -71,3 +71,29 @@ def test_a_full_disk_that_names_no_file_says_what_was_being_written(trained_run,
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]  # after the warnings about the metrics it skips
     assert last == f"fundus2video: error: no space left on device: while writing --out {tmp_path / 'ev'}"
+
+
+def test_a_photos_outputs_replace_an_earlier_generations_whole_or_not_at_all(trained_run, tmp_path, monkeypatch):
+    from fundus2video import inference
+    from fundus2video.data_modules.phantom import make_case
+    from fundus2video.video_io import write_png
+
+    ckpt = trained_run("plain") / "checkpoints" / "last.ckpt"
+    photo = write_png(tmp_path / "cf.png", make_case(0, size=64).cf)
+    out = tmp_path / "g"
+    out.mkdir()
+    args = ["generate", "--ckpt", ckpt, "--cf", photo, "--out", out / "v.mp4", "--runtime", "torch"]
+    assert run_cli(*args, "--gif", "--strip").returncode == 0
+    first = _tree(out)
+    assert sorted(first) == ["v.gif", "v.mp4", "v_strip.png"]
+
+    def full_disk(path, image):  # the strip is written after the videos
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(inference, "write_png", full_disk)
+    r = run_cli(*args, "--gif", "--strip", "--frames", "5", "--overwrite")
+    assert r.returncode == 2 and "no space left on device" in r.stderr, r.stderr
+    assert _tree(out) == first and sorted(p.name for p in out.iterdir()) == sorted(first)  # no hidden file left
+    monkeypatch.undo()
+    assert run_cli(*args, "--frames", "5", "--overwrite").returncode == 0  # no --gif, no --strip this time
+    assert sorted(_tree(out)) == ["v.mp4"] and _tree(out)["v.mp4"] != first["v.mp4"]
