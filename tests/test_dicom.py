@@ -19,12 +19,12 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian
 
-from fundus2video.commands import cli
 from fundus2video import dicom
-from fundus2video.dicom import write as dicom_write
+from fundus2video.commands import cli
 from fundus2video.data_modules.cases import folder_records, load_case
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.data_modules.splits import split_by_patient
+from fundus2video.dicom import write as dicom_write
 from tests.helpers.cli import run_cli
 
 OP8, OP16 = dicom.OP_8BIT, dicom.OP_16BIT
