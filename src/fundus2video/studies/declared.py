@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fundus2video.io import atomic_path
-from fundus2video.studies.results import curve_plot, load_units, pyplot, short_name, write_csv
+from fundus2video.studies.results import curve_plot, load_units, pyplot, short_name, write_report
 
 # ------------------------------------------------------------------ a study with a declared analysis
 # (key, label, higher is better) of the declared report's table; per-kind scores follow it
@@ -156,15 +156,9 @@ def declared_report(spec, results: Path) -> Path:
               f"beside other work). Budget: `{' '.join(spec.budget_overrides())}`.", "",
               "![scores per arm](study.png)", "", "![generated against real rise, case by case](cases.png)", "",
               "![learning curves](curves.png)"]
-    md = results / "study.md"
-    with atomic_path(md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    write_csv(units, results / "study.csv")
-    if units:
-        _declared_bars(names, scores, results / "study.png")
-        _case_scatter(names, units, results / "cases.png")
-        curve_plot(spec, units, results / "curves.png")
-    return md
+    return write_report(lines, units, results, {"study.png": lambda p: _declared_bars(names, scores, p),
+                                                 "cases.png": lambda p: _case_scatter(names, units, p),
+                                                 "curves.png": lambda p: curve_plot(spec, units, p)})
 
 
 def _declared_bars(names: list[str], scores: dict, path: Path) -> None:

@@ -18,7 +18,15 @@ import numpy as np
 
 from fundus2video.io import atomic_path
 from fundus2video.studies.declared import declared_report
-from fundus2video.studies.results import BETTER, TABLE, curve_plot, load_units, pyplot, short_name, write_csv
+from fundus2video.studies.results import (
+    BETTER,
+    TABLE,
+    curve_plot,
+    load_units,
+    pyplot,
+    short_name,
+    write_report,
+)
 
 DIFFS = ("psnr", "psnr_lesion", "ssim_lesion", "curve_mae", "lesion_rise", "rise_error", "false_bright")
 
@@ -222,14 +230,8 @@ def build_report(spec, results: Path) -> Path:
               "work on the machine, so the times are indicative only). Budget (over each variant's experiment): "
               f"`{' '.join(spec.budget_overrides())}`.", "",
               "![scores per variant](study.png)", "", "![learning curves](curves.png)"]
-    md = results / "study.md"
-    with atomic_path(md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    write_csv(units, results / "study.csv")
-    if units:
-        _bar_plot(names, units, results / "study.png")
-        curve_plot(spec, units, results / "curves.png")
-    return md
+    return write_report(lines, units, results, {"study.png": lambda p: _bar_plot(names, units, p),
+                                                 "curves.png": lambda p: curve_plot(spec, units, p)})
 
 
 def _bar_plot(names: list[str], units: dict[str, dict[int, dict]], path: Path) -> None:

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,15 @@ def update_readme(readme: Path, md: Path, study: str = "phantom") -> None:
     _, tail = rest.split(end, 1)
     with atomic_path(readme) as tmp:
         tmp.write_text(f"{head}{begin}\n{body}{end}{tail}")
+
+
+def write_report(lines: list[str], units: dict, results: Path, pictures: dict[str, Callable[[Path], None]]) -> Path:
+    """study.md from `lines`, study.csv from the units, and each picture (file name -> drawing) once
+    there are units to draw."""
+    md = results / "study.md"
+    with atomic_path(md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    write_csv(units, results / "study.csv")
+    for name, draw in pictures.items() if units else ():
+        draw(results / name)
+    return md
