@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,17 +82,20 @@ def curve_plot(spec, units: dict[str, dict[int, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.7 * len(keys), 3.8))
     for ax, key in zip(axes, keys):
         for n, by_seed in units.items():
-            curves = [u["curve"] for u in by_seed.values() if u.get("curve")]
+            # units scored before a key was in the curve have no value for it: left out, not drawn as NaN
+            curves = [u["curve"] for u in by_seed.values() if any(r.get(key) is not None for r in u.get("curve") or [])]
             if not curves:
                 continue
             length = min(len(c) for c in curves)
             x = np.array([r["videos"] for r in curves[0][:length]])
             y = np.array([[r.get(key) if r.get(key) is not None else np.nan for r in c[:length]] for c in curves])
             style = {ref: ("tab:red", 2.0), base: ("tab:blue", 2.0)}.get(n, ("tab:grey", 0.8))
-            ax.plot(x, np.nanmean(y, axis=0), color=style[0], lw=style[1], label=f"{n} ({len(curves)} seeds)",
-                    marker="o" if n in (ref, base) else None, ms=3)
-            if n in (ref, base) and len(curves) > 1:
-                ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=style[0], alpha=0.15)
+            with warnings.catch_warnings():  # epochs a resumed unit scored before the key existed: left blank
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(x, np.nanmean(y, axis=0), color=style[0], lw=style[1], label=f"{n} ({len(curves)} seeds)",
+                        marker="o" if n in (ref, base) else None, ms=3)
+                if n in (ref, base) and len(curves) > 1:
+                    ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=style[0], alpha=0.15)
         if key == "lesion_rise":
             real = [r.get("real_lesion_rise") for by in units.values() for u in by.values() for r in u.get("curve", [])]
             real = [r for r in real if r is not None]
