@@ -1,10 +1,14 @@
-"""Generation through ONNX Runtime: the same frames as PyTorch (CLI and API, checkpoints and Hub
-folders), a graph exported once per weights and size and reused, a corrupted cache rebuilt, a graph
-that fails its check never used, and one-line refusals."""
+"""Generation through the graph runtimes (ONNX Runtime, OpenVINO): the same frames as PyTorch (CLI and
+API, checkpoints and Hub folders), a graph exported once per weights and size and reused by both, each
+runtime checked once, `auto` running the fastest by the speeds it timed, a corrupted cache rebuilt, a
+graph that fails its check never used, threads within the CPUs the process may use, and one-line
+refusals."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import sys
 
@@ -21,6 +25,7 @@ from fundus2video.inference import generate_videos, rollout_photos
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytest.importorskip("openvino")
 
 ATOL = 1e-4  # the issue's bound on |ORT - torch| per frame value
 
@@ -51,9 +56,9 @@ def exports(monkeypatch):
     calls = []
     real = onnx_runtime.export_window
 
-    def counting(module, graph, key, shape):
+    def counting(module, graph, key, shape, runtime="onnxruntime"):
         calls.append(graph)
-        return real(module, graph, key, shape)
+        return real(module, graph, key, shape, runtime)
 
     monkeypatch.setattr(onnx_runtime, "export_window", counting)
     return calls
@@ -104,15 +109,124 @@ def test_cli_onnxruntime_frames_equal_torch_and_the_graph_is_cached_beside_the_c
     assert code == 0 and len(exports) == 1 and torch.equal(again[0], o)
 
 
-def test_auto_picks_onnxruntime_on_the_cpu(ckpt, tmp_path, monkeypatch, exports):
-    assert onnx_runtime.resolve_runtime("auto", "cpu") == "onnxruntime"
+def _record(ckpt, size=32):
+    return json.loads((_cache(ckpt) / f"{size}x{size}.json").read_text())
+
+
+def test_openvino_frames_equal_torch_from_the_same_graph(ckpt, tmp_path, monkeypatch, exports):
+    photo = _photo(tmp_path / "eye.png")
+    common = ["--ckpt", ckpt, "--cf", photo, "--frames", 5]
+    code, (t,) = _cli_frames(monkeypatch, *common, "--out", tmp_path / "torch.mp4", "--runtime", "torch")
+    code, (o,) = _cli_frames(monkeypatch, *common, "--out", tmp_path / "ort.mp4", "--runtime", "onnxruntime")
+    assert code == 0 and len(exports) == 1
+    assert list(_record(ckpt)["max_abs_diff_vs_torch"]) == [onnx_runtime.runtime_version("onnxruntime")]
+    code, (v,) = _cli_frames(monkeypatch, *common, "--out", tmp_path / "ov.mp4", "--runtime", "openvino")
+    assert code == 0 and len(exports) == 1  # the cached graph, checked once more for OpenVINO
+    checks = _record(ckpt)["max_abs_diff_vs_torch"]
+    assert sorted(checks) == sorted(onnx_runtime.runtime_version(r) for r in ("onnxruntime", "openvino"))
+    assert all(0 <= d <= ATOL for d in checks.values())
+    assert (v - t).abs().max() <= ATOL and (v - o).abs().max() <= ATOL
+    # OpenVINO reuses its output buffer: the rollout's windows must not overwrite each other
+    assert not torch.equal(v[0], v[-1])
+
+
+def test_auto_runs_the_fastest_by_the_speeds_it_timed(ckpt, tmp_path, monkeypatch, exports, caplog):
+    assert onnx_runtime.resolve_runtime("auto", "cpu") == "auto"
     assert onnx_runtime.resolve_runtime("auto", "cuda") == "torch"
     assert onnx_runtime.resolve_runtime("auto", torch.device("cpu"), bf16=True) == "torch"  # bf16 asked for
-    code, _ = _cli_frames(monkeypatch, "--ckpt", ckpt, "--cf", _photo(tmp_path / "eye.png"), "--out",
-                          tmp_path / "v.mp4", "--frames", 3)  # no --runtime: auto
-    assert code == 0 and exports == [_cache(ckpt) / "32x32.onnx"]
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    photo = _photo(tmp_path / "eye.png")
+    with caplog.at_level(logging.INFO, logger="fundus2video.onnx_runtime"):
+        code, (first,) = _cli_frames(monkeypatch, "--ckpt", ckpt, "--cf", photo, "--out", tmp_path / "v.mp4",
+                                     "--frames", 3)  # no --runtime: auto
+    assert code == 0 and exports == [_cache(ckpt) / "32x32.onnx"]  # one graph for both runtimes
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--runtime auto:")]
+    (speeds,) = _record(ckpt)["seconds_per_window"].values()  # this machine's
+    names = {onnx_runtime.runtime_version(r) for r in ("onnxruntime", "openvino")} | {f"torch {torch.__version__}"}
+    assert set(speeds) == names and all(s > 0 for s in speeds.values())
+    fastest = min(speeds, key=speeds.get).split(" ")[0]
+    assert line.startswith(f"--runtime auto: {fastest}, ")
+    torch_frames = rollout_photos(load_module(ckpt), _prepared(photo), 3)[0]
+    assert (first - torch_frames).abs().max() <= ATOL
+    # the speeds are kept: another process reads them and times nothing; edited, they decide
+    module = load_module(ckpt)
+    opened = []
+    for runtime, opener in list(onnx_runtime.OPENERS.items()):
+        monkeypatch.setitem(onnx_runtime.OPENERS, runtime,
+                            lambda *a, runtime=runtime, opener=opener: opened.append(runtime) or opener(*a))
+    for winner in ("openvino", "onnxruntime", "torch"):
+        record = _record(ckpt)
+        machine = next(iter(record["seconds_per_window"]))
+        record["seconds_per_window"][machine] = {n: (0.1 if n.startswith(winner + " ") else 9.0) for n in names}
+        (_cache(ckpt) / "32x32.json").write_text(json.dumps(record))
+        onnx_runtime._SESSIONS.clear()
+        opened.clear()
+        monkeypatch.setattr(onnx_runtime, "_seconds_per_window", lambda *a: pytest.fail("timed again"))
+        window = onnx_runtime.window_function(module, 32, "auto", ckpt)
+        assert (window is None) if winner == "torch" else (window.runtime == winner)
+        assert opened == ([] if winner == "torch" else [winner])  # only the fastest is loaded
+    assert len(exports) == 1
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if neither graph runtime were installed
+    monkeypatch.setitem(sys.modules, "openvino", None)
     assert onnx_runtime.resolve_runtime("auto", "cpu") == "torch"
+
+
+def test_auto_leaves_out_a_runtime_that_fails_its_check(ckpt, monkeypatch, caplog):
+    real = onnx_runtime._difference
+    monkeypatch.setattr(onnx_runtime, "_difference",
+                        lambda window, *rest: 1.0 if window.runtime == "openvino" else real(window, *rest))
+    module = load_module(ckpt)
+    with caplog.at_level(logging.INFO, logger="fundus2video.onnx_runtime"):
+        window = onnx_runtime.window_function(module, 32, "auto", ckpt)
+    assert "--runtime auto: leaving openvino out" in caplog.text and "differs from the PyTorch generator" in caplog.text
+    assert window is None or window.runtime == "onnxruntime"
+    (speeds,) = _record(ckpt)["seconds_per_window"].values()
+    assert not any(name.startswith("openvino") for name in speeds)
+    # the failed check is kept: asked for by name, OpenVINO is refused without a new export or check
+    monkeypatch.setattr(onnx_runtime, "_difference", lambda *a: pytest.fail("checked again"))
+    onnx_runtime._SESSIONS.clear()
+    with pytest.raises(UserError, match=r"under openvino differs from the PyTorch generator by up to 1 \(> "
+                                        r"0.0001\); the graph stays cached"):
+        onnx_runtime.window_function(module, 32, "openvino", ckpt)
+
+
+def _prepared(photo):
+    from fundus2video.inference import prepare_photo
+
+    return prepare_photo(photo, 32)[None]
+
+
+def test_threads_stay_within_the_cpus_the_process_may_use(tmp_path, monkeypatch):
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container's quota: 1.5 CPUs
+    assert onnx_runtime.usable_cpus(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert onnx_runtime.usable_cpus(tmp_path) == affinity
+    (tmp_path / "cpu.max").unlink()  # cgroup v1
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert onnx_runtime.usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert onnx_runtime.usable_cpus(tmp_path) == affinity
+    assert onnx_runtime.usable_cpus(tmp_path / "none") == affinity
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(onnx_runtime, "usable_cpus", lambda: 1)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        torch.set_num_threads(2)
+        assert onnx_runtime.limit_torch_threads() == 2
+        assert onnx_runtime.runtime_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert onnx_runtime.limit_torch_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_cli_offers_every_runtime(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--ckpt", "c.ckpt", "--cf", "p.png", "--out", "v.mp4", "--runtime", "tensorrt"])
+    err = capsys.readouterr().err
+    assert "choose from " + ", ".join(f"'{r}'" for r in onnx_runtime.RUNTIMES) + ")" in err, err
 
 
 def test_api_batches_and_hub_folders_equal_torch(ckpt, tmp_path, exports):
@@ -227,13 +341,16 @@ def test_a_checkpoint_folder_that_is_not_writable_caches_in_the_user_cache(ckpt,
     (["--bf16"], "--runtime onnxruntime runs in float32, found --bf16"),
     (["--device", "cuda"], "--runtime onnxruntime runs on the CPU, found --device cuda"),
     ([], "pip install 'fundus2video[export]'"),  # the extra missing
+    (["openvino"], "pip install 'fundus2video[openvino]'"),
 ])
 def test_refusals_are_one_line(ckpt, tmp_path, monkeypatch, capsys, extra, expected):
-    if not extra:
-        monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` sees when not installed
+    runtime = "onnxruntime"
+    if extra in ([], ["openvino"]):  # what `import onnxruntime` (openvino) sees when not installed
+        runtime, extra = (extra or ["onnxruntime"])[0], []
+        monkeypatch.setitem(sys.modules, runtime, None)
     photo = _photo(tmp_path / "eye.png")
     code = main(["generate", "--ckpt", str(ckpt), "--cf", str(photo), "--out", str(tmp_path / "v.mp4"),
-                 "--runtime", "onnxruntime", *extra])
+                 "--runtime", runtime, *extra])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "v.mp4").exists() and not _cache(ckpt).exists()

@@ -4,9 +4,10 @@ The page takes a photo and a number of frames and shows the generated FFA video,
 CF | FFA video, a PNG strip of the frames, the field of view found and, for generators with KBA
 attention heads, their attention over the photo. The work is `fundus2video.inference`'s
 (`prepare_photo`, `rollout_photos`, `write_outputs`); a photo it cannot use gets its message in the
-page. One generation runs at a time (a queue), on the GPU when there is one; on the CPU through ONNX
-Runtime when `fundus2video[export]` is installed (`--runtime`, `fundus2video.onnx_runtime`: the graph is
-exported, or loaded from its cache, when the page is built, so that the first request is not kept waiting).
+page. One generation runs at a time (a queue), on the GPU when there is one; on the CPU through the
+fastest installed graph runtime (`--runtime`, `fundus2video.onnx_runtime`: the graph is exported, or
+loaded from its cache, and `auto`'s choice made when the page is built, so that the first request is
+not kept waiting).
 
 Fully offline: analytics off, and gradio 6 serves its page, scripts and the theme's fonts itself
 (`LocalFont`, no Google Fonts); tests/test_demo.py checks in a real browser that the page requests
@@ -163,7 +164,7 @@ class DemoModel:
         # as `generate`: the graph beside the checkpoint, a Hub snapshot's in the user cache
         self.checkpoint = None if str(ckpt).startswith("hf://") else local
         found = window_function(self.module, self.size, runtime, self.checkpoint, bf16)
-        self.runtime = "onnxruntime" if found is not None else "torch"  # auto's choice, after any fallback
+        self.runtime = found.runtime if found is not None else "torch"  # auto's choice, after any fallback
         self._own_dir = work_dir is None  # the temp folder made here is removed by close(); a given one is kept
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="fundus2video-demo-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)

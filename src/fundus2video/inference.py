@@ -5,8 +5,8 @@ zero outside, crop to the ROI box, resize to the checkpoint's size), then the au
 rollout with window averaging. Outputs: mp4 and/or gif, optionally a PNG strip of the frames
 and a side-by-side video with the CF. Several photos can share one rollout (`batch`), and the
 rollout can run under bfloat16 autocast (`bf16`), always under `torch.inference_mode`, and its
-windows through ONNX Runtime (`runtime`, `fundus2video.onnx_runtime`: faster on CPUs, the same frames
-within 1e-4; the rollout loop and its window averaging stay the same).
+windows through ONNX Runtime or OpenVINO (`runtime`, `fundus2video.onnx_runtime`: faster on CPUs, the
+same frames within 1e-4; the rollout loop and its window averaging stay the same).
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def rollout_photos(module: Fundus2VideoModule, cfs: torch.Tensor, n_frames: int,
     The generator's instance norm works per sample, so a photo's video does not depend on the
     others in the batch. `bf16`: bfloat16 autocast (fast on GPUs and CPUs with bf16 instructions,
     a slow fallback elsewhere); the frames are averaged and returned in float32 all the same.
-    `runtime`: torch, onnxruntime (the windows through the generator's ONNX graph, exported once per
-    weights and size and cached beside `checkpoint`, the file or Hub folder `module` came from; see
-    `fundus2video.onnx_runtime`) or auto (onnxruntime on the CPU in float32 when `fundus2video[export]`
-    is installed, else torch).
+    `runtime`: torch, onnxruntime or openvino (the windows through the generator's ONNX graph, exported
+    once per weights and size and cached beside `checkpoint`, the file or Hub folder `module` came from;
+    see `fundus2video.onnx_runtime`) or auto (on the CPU in float32, the fastest of torch and the
+    installed graph runtimes, timed once per graph and machine; else torch).
     """
     from fundus2video.onnx_runtime import window_function
 

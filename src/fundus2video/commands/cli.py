@@ -21,7 +21,7 @@ import threading
 from fundus2video.commands import demo as demo_cli
 from fundus2video.commands import export as export_cli
 from fundus2video.commands import sweep as sweep_cli
-from fundus2video.commands.options import Parser, split_flags, take_option
+from fundus2video.commands.options import Parser, add_runtime_option, split_flags, take_option
 from fundus2video.errors import UserError
 
 # subcommand -> its handler in fundus2video.commands
@@ -132,10 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "leaves the cores or GPU idle)")
     gen.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast (slow on CPUs "
                      "without bf16 instructions)")
-    gen.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                     help="what runs the generator: onnxruntime (CPU only, needs fundus2video[export]; the "
-                     "generator exported once per checkpoint and size, cached beside it as CKPT.onnx-cache/), "
-                     "torch, or auto (default: onnxruntime on the CPU when installed, else torch)")
+    add_runtime_option(gen)
     st = sub.add_parser("study", aliases=["ablation"],
                         help="variants x seeds on the phantom: resumable units, table with bootstrap intervals",
                         description="Train and score every (variant, seed) unit of a study spec "

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fundus2video.commands.options import add_runtime_option
 from fundus2video.demo import MAX_QUEUE, gradio_module, serve
 from fundus2video.errors import UserError
 
@@ -23,9 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "machines; the page has no login)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="what runs the generator: onnxruntime (CPU only, needs fundus2video[export]), torch, or "
-                   "auto (default: onnxruntime on the CPU when installed, else torch)")
+    add_runtime_option(p)
     p.add_argument("--max-queue", type=int, default=MAX_QUEUE, help="requests that may wait for the one running")
     return p
 
@@ -63,6 +62,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from fundus2video.hub import check_device
 
         check_device(args.device, "--device")
+    from fundus2video.onnx_runtime import limit_torch_threads
+
+    limit_torch_threads()
     serve(args.ckpt, args.host, args.port, args.device, args.bf16, args.max_queue, runtime=args.runtime)
     return 0
 

@@ -15,7 +15,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from fundus2video import hub
     from fundus2video.hub import check_device, load_module
     from fundus2video.inference import generate_videos, output_targets, photos_in
-    from fundus2video.onnx_runtime import resolve_runtime
+    from fundus2video.onnx_runtime import limit_torch_threads, resolve_runtime
 
     if args.frames is not None and not 1 <= args.frames <= MAX_FRAMES:
         raise UserError(f"--frames {args.frames}: expected 1 to {MAX_FRAMES}")
@@ -24,6 +24,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.out:
         raise UserError("--out: empty (expected video.mp4 for one photo, or a folder)")
     runtime = resolve_runtime(args.runtime, args.device, args.bf16)  # refused before anything loads
+    limit_torch_threads()
     args.device = str(check_device(args.device, "--device"))
     photos = photos_in(args.cf)
     formats = ("mp4", "gif") if args.gif else ("mp4",)

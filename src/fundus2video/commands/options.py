@@ -33,3 +33,17 @@ def split_flags(rest: list[str], flags: set[str]) -> tuple[set[str], list[str]]:
     """Separate our own `--flag`s from overrides (which may also start with `--`)."""
     found = {a for a in rest if a in flags}
     return found, [a for a in rest if a not in flags]
+
+
+# fundus2video.onnx_runtime.RUNTIMES, written out so that `--help` does not import torch (a test keeps them equal)
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """`--runtime`, as `generate` and `demo` take it."""
+    parser.add_argument(
+        "--runtime", choices=RUNTIME_CHOICES, default="auto",
+        help="what runs the generator: torch; onnxruntime (needs fundus2video[export]) or openvino (needs "
+        "fundus2video[openvino]), on the CPU, the generator exported once per checkpoint and size and cached "
+        "beside it as CKPT.onnx-cache/; or auto (default): on the CPU, the fastest of torch and the installed "
+        "ones that reproduce torch's frames, timed once per checkpoint, size and machine")
