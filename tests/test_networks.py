@@ -58,3 +58,29 @@ def test_lsgan_and_feature_matching_formulas():
     assert lsgan_loss(real, False).item() == pytest.approx(0.25 + 4.0)
     # one feature layer per scale, weight (1/num_D) * 4/(n_layers+1) with n_layers = 1
     assert feature_matching_loss(fake, real, n_layers=1).item() == pytest.approx(0.5 * 2 * (1 + 1))
+
+
+def test_kad_wraps_any_discriminator_and_keeps_its_parameter_names():
+    """KAD holds no parameters: a D of another design is judged whole and masked alike, and a module's
+    state dict is the wrapped D's (checkpoints and pix2pixHD weights fit with or without KAD)."""
+    from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
+
+    class OneScale(torch.nn.Module):  # another D: one scale, one feature layer and a score
+        def __init__(self):
+            super().__init__()
+            self.features, self.score = torch.nn.Conv2d(4, 3, 3, padding=1), torch.nn.Conv2d(3, 1, 1)
+
+        def forward(self, x):
+            h = self.features(x)
+            return [[h, self.score(h)]]
+
+    d = OneScale()
+    kad = KnowledgeAwareDiscriminator(d)
+    x, km = torch.randn(2, 4, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    whole, masked = kad(x, km)
+    torch.testing.assert_close(whole[0][-1], d(x)[0][-1])
+    torch.testing.assert_close(masked[0][-1], d(x * km)[0][-1])
+    assert KnowledgeAwareDiscriminator(d, knowledge_aware=False)(x, km)[1] is None
+    holder = torch.nn.Module()
+    holder.discriminator, holder.judge = d, kad
+    assert list(holder.state_dict()) == [f"discriminator.{k}" for k in d.state_dict()]

@@ -8,7 +8,7 @@ from fundus2video.errors import ConfigError
 from fundus2video.losses.patchnce import mask_enhanced_nce
 from fundus2video.losses.terms import Window, generator_terms
 from fundus2video.module import Fundus2VideoModule
-from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
+from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator, build_discriminator
 
 FULL = ["model.generator.kba_stages=[bottleneck]", "loss.att=1", "loss.kad=1", "loss.nce=1",
         "loss.nce_layers=[0,4,8]"]
@@ -38,12 +38,13 @@ def test_signed_mask_splits_the_knowledge_mask_by_the_sign_of_the_change(tiny):
 
 
 def test_kad_judges_each_signed_view_alike():
-    d = KnowledgeAwareDiscriminator(4, ndf=8, n_layers=2, num_d=2).eval()
+    d = build_discriminator(4, ndf=8, n_layers=2, num_d=2).eval()
+    kad = KnowledgeAwareDiscriminator(d)
     x, km = torch.randn(2, 4, 32, 32), (torch.rand(2, 2, 32, 32) > 0.5).float()
-    whole, views = d.judge(x, km)
+    whole, views = kad(x, km)
     assert views[0][-1].shape[0] == 4  # two views of each of the two samples
     for c in range(2):
-        _, one = d.judge(x, km[:, c:c + 1])
+        _, one = kad(x, km[:, c:c + 1])
         for got, want in zip(views, one):
             torch.testing.assert_close(got[-1][2 * c:2 * c + 2], want[-1])
     torch.testing.assert_close(whole[0][-1], d(x)[0][-1])

@@ -40,7 +40,7 @@ from fundus2video.losses import (
 )
 from fundus2video.losses.kad import discriminator_terms
 from fundus2video.losses.terms import Window, generator_terms, generator_weights
-from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator
+from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator, build_discriminator
 from fundus2video.networks.generator import build_generator, init_weights
 from fundus2video.networks.projector import PatchProjector, probe_channels
 from fundus2video.rollout import cf_as_frames, frames_from, num_windows, real_share, rollout, scheduled_previous
@@ -84,7 +84,8 @@ class Fundus2VideoModule(L.LightningModule):
         self.generator = build_generator(g.netg, 3 + k, k, ngf=g.ngf, n_downsample=g.n_downsample, n_blocks=g.n_blocks,
                                          n_blocks_local=g.n_blocks_local, padding=g.padding,
                                          kba_stages=list(g.kba_stages))
-        self.discriminator = KnowledgeAwareDiscriminator(3 + k, d.ndf, d.n_layers, d.num_d, knowledge_aware=w.kad > 0)
+        self.discriminator = build_discriminator(3 + k, d.ndf, d.n_layers, d.num_d)
+        self.judge = KnowledgeAwareDiscriminator(self.discriminator, knowledge_aware=w.kad > 0)
         if cfg.model.init == "normal":
             init_weights(self.generator)
             init_weights(self.discriminator)
@@ -198,8 +199,8 @@ class Fundus2VideoModule(L.LightningModule):
         w = self.cfg.loss
         fake, attention = self.generator(torch.cat([cf, prev], dim=1), return_attention=True)
         real_in, fake_in = torch.cat([cf, target], dim=1), torch.cat([cf, fake], dim=1)
-        pred_real, pred_real_km = self.discriminator.judge(real_in, km)
-        pred_fake, pred_fake_km = self.discriminator.judge(fake_in, km)
+        pred_real, pred_real_km = self.judge(real_in, km)
+        pred_fake, pred_fake_km = self.judge(fake_in, km)
 
         # G: a weighted sum of the registered terms (losses/terms.py), in the config's order.
         # KBA's target and PatchNCE's mask are unsigned: the signed mask splits only the KAD's views
@@ -212,7 +213,7 @@ class Fundus2VideoModule(L.LightningModule):
 
         # D: real judged real, fake judged fake (and the same on the masked inputs with KAD)
         if w.d_pass == "separate":
-            pred_fake, pred_fake_km = self.discriminator.judge(fake_in.detach(), km)
+            pred_fake, pred_fake_km = self.judge(fake_in.detach(), km)
         d_total, d_parts = discriminator_terms(pred_real, pred_fake, pred_real_km, pred_fake_km)
         return fake, g_total, g_parts, d_total, d_parts
 

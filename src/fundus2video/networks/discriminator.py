@@ -58,29 +58,34 @@ class MultiscaleDiscriminator(nn.Module):
         return outputs
 
 
-class KnowledgeAwareDiscriminator(MultiscaleDiscriminator):
-    """The knowledge-aware discriminator (KAD): the multi-scale D above, judging an input whole
-    and, when `knowledge_aware`, also multiplied by the knowledge mask (x * km), so that the
-    masked regions, where the dye's kinetics show, are judged on their own. Its loss terms are
-    in `losses/kad.py`. Without `knowledge_aware` it is pix2pixHD's D. Parameters as the plain
-    D's (checkpoints and imported pix2pixHD weights fit either)."""
+def build_discriminator(input_nc: int, ndf: int = 64, n_layers: int = 3, num_d: int = 2) -> nn.Module:
+    """The one place a discriminator is made: pix2pixHD's multi-scale PatchGAN (another D goes here,
+    returning [[features..., score] per scale] as it does, and KAD wraps it unchanged)."""
+    return MultiscaleDiscriminator(input_nc, ndf, n_layers, num_d)
 
-    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, num_d: int = 2,
-                 knowledge_aware: bool = True):
-        super().__init__(input_nc, ndf, n_layers, num_d)
+
+class KnowledgeAwareDiscriminator:
+    """The knowledge-aware discriminator (KAD) around any discriminator `d`: an input judged whole
+    and, when `knowledge_aware`, also multiplied by the knowledge mask (x * km), so that the masked
+    regions, where the dye's kinetics show, are judged on their own. Its loss terms are in
+    `losses/kad.py`. Without `knowledge_aware` it is `d` alone. It holds no parameters (not an
+    nn.Module): `d` keeps its own names, so checkpoints and imported pix2pixHD weights fit either."""
+
+    def __init__(self, d: nn.Module, knowledge_aware: bool = True):
+        self.d = d
         self.knowledge_aware = knowledge_aware
 
-    def judge(self, x: torch.Tensor, km: torch.Tensor) -> tuple[list[list[torch.Tensor]],
-                                                                list[list[torch.Tensor]] | None]:
+    def __call__(self, x: torch.Tensor, km: torch.Tensor) -> tuple[list[list[torch.Tensor]],
+                                                                    list[list[torch.Tensor]] | None]:
         """(D(x), D(x * km)), the second None without `knowledge_aware`. Both in one batched call
         (D is per sample: convolutions and instance norm), split back. A km of C > 1 channels (the
         signed mask: brightening, darkening) gives C masked views of each sample, judged alike; the
         second output then holds C x B samples, so its LSGAN mean weighs the views equally."""
         if not self.knowledge_aware:
-            return self(x), None
+            return self.d(x), None
         n = x.shape[0]
         views = [x * km[:, c:c + 1] for c in range(km.shape[1])]
-        outs = self(torch.cat([x, *views], dim=0))
+        outs = self.d(torch.cat([x, *views], dim=0))
         return [[f[:n] for f in scale] for scale in outs], [[f[n:] for f in scale] for scale in outs]
 
 
