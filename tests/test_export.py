@@ -162,3 +162,26 @@ def test_an_existing_out_is_replaced_only_with_overwrite(ckpt, tmp_path):
     assert out.read_bytes() == b"an earlier export"
     export_generator(ckpt, out, overwrite=True)
     assert torch.jit.load(str(out)) is not None and out.with_name("g.pt.json").is_file()
+
+
+def test_a_long_video_export_is_checked_against_the_float64_rollout(ckpt, tmp_path, monkeypatch):
+    """A 12-frame rollout amplifies float32 rounding beyond 1e-4 between two correct implementations:
+    the video export passes when it is as close to the float64 rollout as the eager one is, and fails
+    when it is not."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import fundus2video.export as export
+    import fundus2video.onnx_runtime as onnx_runtime
+
+    proc = _cli("--ckpt", ckpt, "--out", tmp_path / "v12.onnx", "--format", "onnx", "--frames", 12)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setattr(export, "TOLERANCE", 1e-12)  # as if the rollout had drifted: the float64 check decides
+    result = export_generator(ckpt, tmp_path / "v.onnx", "onnx", frames=12)
+    exact = json.loads(result.sidecar.read_text())["max_abs_diff_vs_float64"]
+    assert exact == result.float64_check and 0 < exact["exported"] <= export.VIDEO_SLACK * exact["eager_float32"]
+    real = onnx_runtime.run_onnx
+    monkeypatch.setattr(onnx_runtime, "run_onnx", lambda path, x: real(path, x) + 1e-3)  # a wrong graph
+    with pytest.raises(UserError, match=r"bad.onnx: export check failed: the exported onnx's 12-frame video is "
+                                        r"0.001\d* from the float64 rollout, more than 4 times"):
+        export_generator(ckpt, tmp_path / "bad.onnx", "onnx", frames=12)
+    assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob(".bad*"))

@@ -11,6 +11,7 @@ Files are read with `weights_only` loading (no code runs from a checkpoint).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import lightning
@@ -71,6 +72,8 @@ def import_weights(cfg, net_g: str | Path, out: str | Path, net_d: str | Path | 
                   "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0,
                   "fundus2video": {"video_step": 0, "g_step": 0, "imported_from": str(net_g),
                                    "initialised_not_imported": kept}}
+    buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError, not a C++ abort
+    torch.save(checkpoint, buffer)
     with atomic_path(out) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return Path(out)

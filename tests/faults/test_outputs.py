@@ -97,3 +97,37 @@ def test_a_photos_outputs_replace_an_earlier_generations_whole_or_not_at_all(tra
     monkeypatch.undo()
     assert run_cli(*args, "--frames", "5", "--overwrite").returncode == 0  # no --gif, no --strip this time
     assert sorted(_tree(out)) == ["v.mp4"] and _tree(out)["v.mp4"] != first["v.mp4"]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system with 8 KiB of room (a tmpfs; needs root and mount, else the test skips)."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "g.pt"), ("onnx", "g.onnx"), ("hub", "hub")])
+def test_export_on_a_full_disk_says_so_and_leaves_nothing(trained_run, full_disk, fmt, name):
+    """A full disk, for real: TorchScript's writer used to abort the process in C++ (leaving its temporary
+    file), the Hub folder's safetensors writer to end in a traceback. In a subprocess: an abort must not
+    take the test run with it."""
+    import subprocess
+    import sys
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+    ckpt = trained_run("plain") / "checkpoints" / "last.ckpt"
+    done = subprocess.run([sys.executable, "-m", "fundus2video", "export", "--ckpt", str(ckpt), "--out",
+                           str(full_disk / name), "--format", fmt], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("fundus2video: error: no space left on device")
+    assert "Traceback" not in done.stderr and "terminate called" not in done.stderr
+    assert list(full_disk.iterdir()) == []  # no temporary file, no half-written folder

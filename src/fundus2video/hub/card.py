@@ -189,7 +189,7 @@ def save_hub(module: Any, out: str | Path, run_dir: str | Path | None = None, *,
     atomically, the weights first and config.json last, and the folder is read back and compared
     with the generator before returning. `repo_id` only goes into the card's usage lines.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
 
     out = Path(out)
@@ -211,7 +211,9 @@ def save_hub(module: Any, out: str | Path, run_dir: str | Path | None = None, *,
     created = not out.exists()
     try:
         with atomic_path(out / WEIGHTS) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "fundus2video_format_version": str(FORMAT_VERSION)})
+            # serialised in memory and written by Python: a full disk is then an OSError (one line), not
+            # safetensors' own error type
+            tmp.write_bytes(save(state, metadata={"format": "pt", "fundus2video_format_version": str(FORMAT_VERSION)}))
         with atomic_path(out / CARD) as tmp:
             tmp.write_text(card)
         with atomic_path(out / CONFIG) as tmp:
@@ -219,7 +221,8 @@ def save_hub(module: Any, out: str | Path, run_dir: str | Path | None = None, *,
         reloaded = load_folder(out)
         for key, value in reloaded.generator.state_dict().items():
             if not torch.equal(value, state[key]):
-                raise RuntimeError(f"hub export check failed: '{key}' differs after reloading {out / WEIGHTS}")
+                raise UserError(f"{out / WEIGHTS}: hub export check failed: '{key}' differs after reloading; "
+                                "nothing was kept")
     except BaseException:
         if created:  # leave no half-written folder behind (only this export's files are in it)
             for name in FILES:
