@@ -43,8 +43,14 @@ from fundus2video.losses.terms import Window, generator_terms, generator_weights
 from fundus2video.networks.discriminator import KnowledgeAwareDiscriminator, build_discriminator
 from fundus2video.networks.generator import build_generator, init_weights
 from fundus2video.networks.projector import PatchProjector, probe_channels
+from fundus2video.precision import ScalerAwareMixedPrecision
 from fundus2video.rollout import cf_as_frames, frames_from, num_windows, real_share, rollout, scheduled_previous
 from fundus2video.state_dicts import first_mismatch, not_finite
+
+# 16-mixed divergence: the GradScaler halves its scale at every skipped step, so from its start of
+# 2^16, 32 skips in a row leave 2^-16, below which fp16's gradients underflow to zero
+SKIPPED_IN_A_ROW = 32
+MIN_SCALE = 2.0 ** -16
 
 
 class ConstantThenLinear:
@@ -111,6 +117,7 @@ class Fundus2VideoModule(L.LightningModule):
         })
         self.video_step = 0  # training videos seen: the clock of scheduled sampling
         self.g_step = 0  # generator steps taken: the clock of the learning-rate schedule
+        self._skipped_in_a_row = 0  # generator steps the GradScaler skipped in a row (16-mixed), by whole videos
         self.lr_factor = ConstantThenLinear()
         self._reduction: distributed.PerNetworkReduction | None = None  # under DDP, set in on_train_start
 
@@ -170,8 +177,35 @@ class Fundus2VideoModule(L.LightningModule):
 
     def _step_schedules(self) -> None:
         self.g_step += 1
-        for sched in self.lr_schedulers():
-            sched.step()
+        with warnings.catch_warnings():
+            # under 16-mixed a step the GradScaler skipped never called optimizer.step(), which torch warns
+            # about here; that step is taken back at the video's end (`_account_skipped_steps`)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for sched in self.lr_schedulers():
+                sched.step()
+
+    def _account_skipped_steps(self, steps: int) -> None:
+        """Under 16-mixed, once per video: the generator steps the GradScaler skipped (inf or nan
+        gradients) are not steps of the schedules, so the clock and both schedules go back by as many
+        (`steps`: the generator steps this video took, skipped or not);
+        and a run whose generator steps are all skipped, SKIPPED_IN_A_ROW of them in a row (counted
+        over whole videos), or whose scale fell below MIN_SCALE, has diverged: it stops in one line."""
+        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        if not isinstance(plugin, ScalerAwareMixedPrecision) or plugin.scaler is None:
+            return
+        opt_g, opt_d = self.optimizers()
+        (g_skipped, _), scale = plugin.take_skipped(opt_g.optimizer, opt_d.optimizer)
+        self.g_step -= g_skipped
+        if g_skipped:
+            for sched in self.lr_schedulers():  # LambdaLR.step() sets the lr of last_epoch + 1
+                sched.last_epoch = self.g_step - 1
+                sched.step()
+        self._skipped_in_a_row = self._skipped_in_a_row + g_skipped if g_skipped == steps else 0
+        if self._skipped_in_a_row >= SKIPPED_IN_A_ROW or scale < MIN_SCALE:
+            raise UserError(f"training diverged under 16-mixed: after {self.video_step} training videos the "
+                            f"GradScaler skipped the last {self._skipped_in_a_row} generator steps (inf or nan "
+                            f"gradients; scale {scale:.3g}); checkpoints written before it are kept; lower optim.lr "
+                            "or train with trainer.precision=bf16-mixed or 32")
 
     # ------------------------------------------------------------------ losses
     def _mask(self, batch: dict) -> torch.Tensor:
@@ -235,14 +269,14 @@ class Fundus2VideoModule(L.LightningModule):
                 # as the release: the adversarial terms also leave gradients in D, cleared before D's backward
                 self.manual_backward(g_total)
         opt_g.step()
-        g_stepped = not _step_was_skipped(self._trainer)
         opt_d.zero_grad(set_to_none=True)
         # D's loss reaches D's parameters only (not back through the fake into G, which just stepped)
         with self._backward_of("discriminator"):
             self.manual_backward(d_total, inputs=list(self.discriminator.parameters()))
         opt_d.step()
-        if g_stepped:  # a step the GradScaler skipped (inf gradients) is not a step of the schedule
-            self._step_schedules()
+        # counted as a step of the schedules; under 16-mixed the steps the GradScaler skipped are taken
+        # back at the video's end (`_account_skipped_steps`)
+        self._step_schedules()
         parts = {**g_parts, **d_parts, "g_total": g_total, "d_total": d_total}
         return fake.detach(), {k: v.detach() for k, v in parts.items()}
 
@@ -280,6 +314,7 @@ class Fundus2VideoModule(L.LightningModule):
         sums: dict[str, torch.Tensor] = {}
         prev = cf_as_frames(cf, k)
         windows = num_windows(n_frames)
+        g_step_before = self.g_step
         prev_in, target = prev, frames_from(video, 0, k)
         for n in range(self._agreed_windows(windows)):
             if n >= windows:  # another rank's video is longer: this window pairs its collectives, learns nothing
@@ -291,6 +326,7 @@ class Fundus2VideoModule(L.LightningModule):
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
         self.video_step += 1
+        self._account_skipped_steps(self.g_step - g_step_before)
         logs = {f"train/{name}": value / windows for name, value in sums.items()}
         # one host sync per video (not per window): weights gone NaN would train, and be saved, as if nothing
         # had happened. Under 16-mixed an infinite window loss is the GradScaler's to skip, not divergence.
@@ -335,13 +371,6 @@ class Fundus2VideoModule(L.LightningModule):
         state = checkpoint.get("fundus2video", {})
         self.video_step = int(state.get("video_step", 0))
         self.g_step = int(state.get("g_step", 0))
-
-
-def _step_was_skipped(trainer) -> bool:
-    """Whether the precision plugin's GradScaler skipped the optimizer step just taken (16-mixed,
-    inf or nan gradients: it then lowers its scale). Always False without a scaler."""
-    plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
-    return bool(getattr(plugin, "step_skipped", False))
 
 
 def load_checkpoint_module(ckpt: Path, device: str = "cpu") -> Fundus2VideoModule:
