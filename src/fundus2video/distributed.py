@@ -81,12 +81,27 @@ def per_network_hook(state, bucket):  # unannotated: DDP compares real annotatio
     reduced = sum(end - start for start, end in ranges)
     state.reduced += reduced
     state.skipped += buffer.numel() - reduced
-    futures = [_mean_over_ranks(state.process_group, buffer[start:end]) for start, end in ranges]
-    if not futures:
+    if not ranges:
         done = torch.futures.Future()
         done.set_result(buffer)
         return done
-    return torch.futures.collect_all(futures).then(lambda _: buffer)
+    # One all-reduce, and the future DDP waits on chained from its own: on a GPU the communication
+    # library's future carries the events of its stream and `then` passes them on, so DDP's copy into
+    # .grad waits for the reduction (a future made by collect_all carries none). Several ranges are
+    # reduced as one flat copy, written back in the callback.
+    if len(ranges) == 1:
+        start, end = ranges[0]
+        return _mean_over_ranks(state.process_group, buffer[start:end]).then(lambda _: buffer)
+    flat = torch.cat([buffer[start:end] for start, end in ranges])
+
+    def write_back(_):
+        offset = 0
+        for start, end in ranges:
+            buffer[start:end].copy_(flat[offset:offset + end - start])
+            offset += end - start
+        return buffer
+
+    return _mean_over_ranks(state.process_group, flat).then(write_back)
 
 
 def install(ddp_model: torch.nn.Module, networks: dict[str, Iterable[torch.nn.Parameter]]
