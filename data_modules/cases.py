@@ -205,6 +205,22 @@ def read_video_frames(path: Path, indices: list[int] | None, n_frames: int) -> t
     return frames, list(indices)
 
 
+def video_times(path: Path, indices: list[int]) -> list[float] | None:
+    """The presentation times (seconds) of a video's frames `indices`, from its container: a
+    variable-frame-rate recording's frames are not evenly spaced in time. None when the container
+    gives none that increase (then frame numbers stand in for times)."""
+    import decord
+
+    try:
+        stamps = decord.VideoReader(str(path), num_threads=1).get_frame_timestamp(list(indices))[:, 0]
+    except Exception:  # noqa: BLE001  (decord's own error types; the frames themselves were readable)
+        return None
+    times = [float(t) for t in stamps]
+    if len(times) != len(indices) or not all(np.isfinite(times)) or any(b <= a for a, b in zip(times, times[1:])):
+        return None
+    return times
+
+
 def evenly_spaced(total: int, n: int) -> list[int]:
     """n indices spread over 0..total-1 including both ends (all of them if total <= n)."""
     if total <= n:
@@ -429,7 +445,9 @@ def load_case(rec: CaseRecord, per_phase: int, n_frames: int,
         if rec.times and len(rec.times) != total:
             raise CaseError(f"cases.csv: case {rec.case_id}: {len(rec.times)} times for the {total} frames of "
                             f"{rec.video} (expected one time per frame)")
-        times = [rec.times[i] if rec.times else float(i) for i in idx]
+        # cases.csv's times first; else the container's (a variable frame rate included); else frame numbers
+        times = ([rec.times[i] for i in idx] if rec.times else video_times(rec.video, idx)
+                 or [float(i) for i in idx])
         names, phases = [f"{rec.video.name}#{i}" for i in idx], [""] * len(idx)
     else:
         if not rec.frames:

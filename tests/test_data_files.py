@@ -60,6 +60,33 @@ def test_video_decodes_only_the_frames_asked_for(tmp_path):
     assert raw.frame_names == [f"ffa.mp4#{i}" for i in (0, 10, 20, 29, 39)]  # evenly spaced, ends kept
 
 
+def test_a_variable_frame_rate_video_gives_its_own_frame_times(tmp_path):
+    """Without times in cases.csv, a video's frames are timed by its container: a variable-frame-rate
+    recording (here frames 0.5, 2, 7.5 and 1 s apart) is not read as evenly spaced."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    case = make_case(2, size=64, n_frames=5)
+    d = tmp_path / "vfr"
+    d.mkdir()
+    cv2.imwrite(str(d / "cf.png"), case.cf[..., ::-1])
+    for t, f in enumerate(case.frames):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), np.repeat(f[..., None], 3, axis=2))
+    gaps = [0.5, 2.0, 7.5, 1.0]
+    lines = "".join(f"file '{tmp_path / f'{t}.png'}'\nduration {gap}\n" for t, gap in enumerate(gaps))
+    (tmp_path / "list.txt").write_text(f"ffconcat version 1.0\n{lines}file '{tmp_path / '4.png'}'\n")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+                    "-i", str(tmp_path / "list.txt"), "-fps_mode", "vfr", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+                    str(d / "ffa.mp4")], check=True)
+    raw = load_case(folder_records(tmp_path)[0], per_phase=4, n_frames=5)
+    assert np.allclose(raw.times, [0.0, 0.5, 2.5, 10.0, 11.0], atol=0.05), raw.times
+    # a video whose container says nothing better: frame numbers, as before
+    from fundus2video.data_modules import cases
+
+    assert cases.video_times(d / "missing.mp4", [0, 1]) is None
+
+
 def test_16_bit_images_and_rgb_stored_frames(tmp_path):
     case = make_case(3, size=48, n_frames=4)
     d = tmp_path / "c16"
