@@ -3,15 +3,20 @@
 The window of experiments/fundus2video.yaml (512 x 512, ngf 64, ndf 64, 4 downsamplings, 9 residual
 blocks, KBA, every loss term; the VGG19 with random weights, the cost of the ImageNet one), batch 1,
 K = 3: `Fundus2VideoModule._window_step` (forward, G step, D step) outside a Trainer, as
-benchmarks/train_window.py runs it. Switches, one at a time on top of PyTorch's defaults:
+benchmarks/train_window.py runs it. The baseline is what training runs by default: the module's own
+optimizers (`optim.fused=auto`: fused Adam on a GPU), fp32, no channels_last, no compile. Switches,
+one at a time on top of it, each as its training option applies it:
 
   baseline         the defaults (cuDNN may convolve fp32 in TF32; matmuls in full fp32)
   cudnn_benchmark  torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each shape)
   matmul_high      torch.set_float32_matmul_precision("high") (TF32 matmuls: the PatchNCE, the projector)
-  fused_adam       torch.optim.Adam(fused=True) for G (with the projector) and D
-  channels_last    networks and inputs in torch.channels_last
+  unfused_adam     optim.fused=false: the per-parameter Adam (what fused Adam saves)
+  channels_last    model.channels_last=true: G, D and the VGG19 in channels_last (the inputs stay as
+                   the data loader gives them)
   bf16_autocast    the window under torch.autocast(bfloat16), as trainer.precision=bf16-mixed runs it
-  compile          torch.compile of G, D and the VGG19 (nn.Module.compile: the first windows compile)
+  fp16_scaler      the window under torch.autocast(float16) with a GradScaler scaling both backward
+                   passes and stepping both optimizers, as trainer.precision=16-mixed runs it
+  compile          model.compile=true: nn.Module.compile() of G and D (the first windows compile)
 
 Each switch runs in its own process (the flags are process-wide, a compile cache or a crash must not
 reach the next switch) under its own time limit, all within `--budget` seconds: `compile` comes last
@@ -45,28 +50,34 @@ from pathlib import Path
 
 import torch
 from _common import build_module, emit, gpu_info, log, machine_info, timed, window_inputs
-from helpers.reference import module_window_step, standalone_optimizers, write_random_vgg19
+from helpers.reference import module_window_step, outside_trainer, standalone_optimizers, write_random_vgg19
 
 SWITCHES = {
     "baseline": "PyTorch's defaults",
     "cudnn_benchmark": "torch.backends.cudnn.benchmark = True",
     "matmul_high": "torch.set_float32_matmul_precision('high')",
-    "fused_adam": "torch.optim.Adam(fused=True) for G and D",
-    "channels_last": "networks and inputs in torch.channels_last",
+    "unfused_adam": "optim.fused=false: per-parameter Adam instead of the default",
+    "channels_last": "model.channels_last=true: G, D and the VGG19 in torch.channels_last",
     "bf16_autocast": "torch.autocast(bfloat16) around the window",
-    "compile": "nn.Module.compile() of G, D and the VGG19",
+    "fp16_scaler": "torch.autocast(float16) and a GradScaler, as trainer.precision=16-mixed",
+    "compile": "model.compile=true: nn.Module.compile() of G and D",
 }
 WARMUPS = 2  # cudnn.benchmark tunes on the first call of each shape; compile may recompile on the second
 
 
-def fused_optimizers(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer
-                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """The module's two Adams (same groups, lr, betas) rebuilt with fused=True."""
-    def fused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        group = opt.param_groups[0]
-        return torch.optim.Adam([{"params": g["params"]} for g in opt.param_groups], lr=group["lr"],
-                                betas=group["betas"], fused=True)
-    return fused(opt_g), fused(opt_d)
+class ScaledOptimizer:
+    """An optimizer stepped through a GradScaler, as Lightning's 16-mixed plugin steps it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        self.optimizer, self.scaler = optimizer, scaler
+        self.param_groups = optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
 
 def count_syncs(fn: Callable[[], object]) -> int:
@@ -90,25 +101,32 @@ def run_switch(name: str, size: int, ngf: int, repeats: int, vgg: Path, device: 
         torch.backends.cudnn.benchmark = True
     if name == "matmul_high":
         torch.set_float32_matmul_precision("high")
-    module = build_module(size, [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ngf}"], vgg,
-                          device=device)
+    overrides = [f"model.generator.ngf={ngf}", f"model.discriminator.ndf={ngf}"]
+    if name == "unfused_adam":
+        overrides.append("optim.fused=false")
+    if name == "channels_last":
+        overrides.append("model.channels_last=true")
+    if name == "compile":
+        overrides.append("model.compile=true")
+    # build_module runs setup("fit"): channels_last and compile are applied there, as in training
+    module = build_module(size, overrides, vgg, device=device)
     inputs = window_inputs(size, module.cfg.model.window, device=device)
     opt_g, opt_d, _ = standalone_optimizers(module)
-    if name == "fused_adam":
-        opt_g, opt_d = fused_optimizers(opt_g, opt_d)
-    if name == "channels_last":
-        module = module.to(memory_format=torch.channels_last)
-        inputs = tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs)
-    if name == "compile":
-        for net in (module.generator, module.discriminator, getattr(module, "vgg_loss", None)):
-            if net is not None:
-                net.compile()
-    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if name == "bf16_autocast"
+    dtype = {"bf16_autocast": torch.bfloat16, "fp16_scaler": torch.float16}.get(name)
+    autocast = (torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None
                 else contextlib.nullcontext())
+    if name == "fp16_scaler":
+        scaler = torch.amp.GradScaler(torch.device(device).type)
+        opt_g, opt_d = ScaledOptimizer(opt_g, scaler), ScaledOptimizer(opt_d, scaler)
 
-    def step() -> None:
-        with autocast:
-            module_window_step(module, *inputs, opt_g, opt_d)
+        def step() -> None:
+            with autocast, outside_trainer(module, opt_g, opt_d):
+                module.__dict__["manual_backward"] = lambda loss, *a, **k: scaler.scale(loss).backward(*a, **k)
+                module._window_step(*inputs)
+    else:
+        def step() -> None:
+            with autocast:
+                module_window_step(module, *inputs, opt_g, opt_d)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

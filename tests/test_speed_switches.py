@@ -52,3 +52,25 @@ def test_matmul_precision_is_a_checked_choice(tiny):
     assert tiny("trainer.matmul_precision=high").trainer.matmul_precision == "high"
     with pytest.raises(ConfigError, match="trainer.matmul_precision: 'tf32' is not one of highest, high, medium"):
         tiny("trainer.matmul_precision=tf32")
+
+
+@pytest.mark.slow
+def test_the_gpu_speed_benchmark_runs_every_switch_as_training_applies_it(tmp_path):
+    """benchmarks/gpu_speed.py on the CPU at toy size: every switch but compile runs its window (the
+    16-mixed one through a GradScaler), so `make gpu-check` meets no untested code path."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    switches = ["baseline", "cudnn_benchmark", "matmul_high", "unfused_adam", "channels_last", "bf16_autocast",
+                "fp16_scaler"]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_speed.py"), "--device", "cpu", "--size",
+                           "32", "--ngf", "8", "--repeats", "1", "--switches", ",".join(switches),
+                           "--switch-timeout", "120", "--budget", "600"],
+                          capture_output=True, text=True, timeout=660, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {r["switch"]: r for r in json.loads(done.stdout)["results"]}
+    assert list(results) == switches
+    assert all(r["status"] == "ok" and r["seconds"] > 0 for r in results.values()), results
