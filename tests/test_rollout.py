@@ -4,11 +4,21 @@ import torch
 from fundus2video.rollout import (
     cf_as_frames,
     num_windows,
-    previous_indices,
     real_share,
     rollout,
-    target_indices,
 )
+
+
+# the release's schedule written as index lists, the specification `frames_from` and
+# `scheduled_previous` are checked against
+def target_indices(n: int, n_frames: int, window: int) -> list[int]:
+    """Frames predicted by window n: n .. n+K-1, clamped at T-1."""
+    return [min(n + k, n_frames - 1) for k in range(window)]
+
+
+def previous_indices(n: int, n_frames: int, window: int) -> list[int]:
+    """Real frames standing in for window n's previous frames (n > 0): n-1 .. n+K-2, clamped."""
+    return target_indices(n - 1, n_frames, window)
 
 
 def test_window_indices_follow_the_release():

@@ -21,16 +21,6 @@ def num_windows(n_frames: int) -> int:
     return n_frames
 
 
-def target_indices(n: int, n_frames: int, window: int) -> list[int]:
-    """Frames predicted by window n: n .. n+K-1, clamped at T-1."""
-    return [min(n + k, n_frames - 1) for k in range(window)]
-
-
-def previous_indices(n: int, n_frames: int, window: int) -> list[int]:
-    """Real frames standing in for window n's previous frames (n > 0): n-1 .. n+K-2, clamped."""
-    return target_indices(n - 1, n_frames, window)
-
-
 def frames_from(video: torch.Tensor, start: int, window: int) -> torch.Tensor:
     """video[:, start .. start+K-1] with indices clamped at T-1, as (B, K, H, W) from (B, T, H, W).
     Slices and an expand, never an index list: indexing a GPU tensor with a Python list copies the

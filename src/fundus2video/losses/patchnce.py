@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from fundus2video.losses.terms import Window, generator_term
@@ -69,18 +68,6 @@ def patch_nce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int, 
         logits = torch.cat([l_pos, l_neg], dim=1) / temperature
         # the positive sits in column 0
         return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device), reduction="none")
-
-
-class PatchNCELoss(nn.Module):
-    """`patch_nce_loss` with its temperature and negative mode fixed."""
-
-    def __init__(self, temperature: float = 0.07, all_negatives_from_minibatch: bool = False):
-        super().__init__()
-        self.temperature = temperature
-        self.all_negatives_from_minibatch = all_negatives_from_minibatch
-
-    def forward(self, feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int) -> torch.Tensor:
-        return patch_nce_loss(feat_q, feat_k, batch_size, self.temperature, self.all_negatives_from_minibatch)
 
 
 def multilayer_nce(projector: PatchProjector, feat_src: Sequence[torch.Tensor], feat_tgt: Sequence[torch.Tensor],
