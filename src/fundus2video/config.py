@@ -5,6 +5,10 @@ The schema below is the single source of truth for every key an experiment may s
 overrides (`key=value` or `--key=value`, the form a wandb agent passes). OmegaConf's structured
 mode rejects unknown keys and wrong types; `ConfigError` turns that into one line that names
 the key and, for a typo, the nearest valid key.
+
+One file, though long: every key's default, range and comment sit in its dataclass, and the checks
+that span sections (a window against the frames, a mask source against the losses) read several
+of them; split, a key's meaning and the rules that use it would live apart.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ PyTorch's, but no more than the CPUs this process may use (its affinity and its 
 which containers set and which PyTorch and ONNX Runtime do not read; `limit_torch_threads`).
 Windows are kept per generator for the life of the process and refreshed when its weights change
 in place.
+
+One file, though long: choosing, exporting, caching, checking and timing all read and write the
+graph's record; split, its fields would be defined in one file and trusted in another.
 """
 
 from __future__ import annotations
