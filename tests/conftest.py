@@ -33,6 +33,14 @@ def tiny(tmp_path):
     return make
 
 
+@pytest.fixture
+def full(tiny):
+    """full(*overrides): `tiny` with every part of the full method on (tests/helpers/full.py)."""
+    from tests.helpers.full import FULL
+
+    return lambda *overrides: tiny(*FULL, *overrides)
+
+
 # the tiny experiments the checkpoint tests share: trained once per session, each test module
 # gets its own copy of the run (a module may write beside the checkpoint without touching another's)
 TRAINED = {

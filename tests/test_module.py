@@ -3,12 +3,16 @@
 import lightning as L
 import pytest
 import torch
+from torch.nn import functional as F
 
 from fundus2video.commands.cli import main
 from fundus2video.config import to_plain
 from fundus2video.data_modules import Fundus2VideoDataModule
+from fundus2video.errors import ConfigError
+from fundus2video.losses import feature_matching_loss, gradient_variance_loss, lsgan_loss
 from fundus2video.module import ConstantThenLinear, Fundus2VideoModule
-from fundus2video.training import build_trainer
+from fundus2video.training import build_trainer, train
+from tests.helpers.full import full_module, window_batch
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -102,3 +106,73 @@ def test_a_diverged_training_stops_in_one_line(tmp_path, capsys):
     assert err.startswith("fundus2video: error: training diverged: after 1 training videos the losses are "
                           "g_total = nan"), err
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing saved with NaN weights
+
+
+def test_mask_sources(full):
+    batch = {"km": torch.zeros(1, 1, 4, 4), "lesion": torch.ones(1, 1, 4, 4) * 0.5}
+    assert torch.equal(full_module(full)._mask(batch), batch["km"])
+    assert torch.equal(full_module(full, "model.mask_source=lesion")._mask(batch), batch["lesion"])
+    assert torch.equal(full_module(full, "model.mask_source=none")._mask(batch), torch.ones(1, 1, 4, 4))
+
+
+def test_projector_is_trained(full):
+    # an all-ones mask: the tiny phantom cases may have an empty knowledge mask at 32 x 32, and an
+    # all-zero masked input gives the projector no gradient
+    cfg = full("trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=0",
+               "model.mask_source=none")
+    module = Fundus2VideoModule(to_plain(cfg))
+    before = {k: v.clone() for k, v in module.projector.state_dict().items()}
+    from fundus2video.data_modules import Fundus2VideoDataModule
+
+    build_trainer(cfg, None).fit(module, datamodule=Fundus2VideoDataModule(to_plain(cfg.data)))
+    after = module.projector.state_dict()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, unchanged
+
+
+def _release_style_losses(m, cf, prev, target, km):
+    """The release's formulas (pix2pixHD_model_tempo.py + train.py), written out directly."""
+    n_layers, num_d = m.cfg.model.discriminator.n_layers, m.cfg.model.discriminator.num_d
+    D = m.discriminator
+    fake = m.generator(torch.cat([cf, prev], 1))
+    real_in, fake_in = torch.cat([cf, target], 1), torch.cat([cf, fake], 1)
+    mse = lambda outs, y: sum(torch.mean((o[-1] - y) ** 2) for o in outs)  # noqa: E731
+    pred_real, pred_fake = D(real_in), D(fake_in)
+    fm = sum((1 / num_d) * (4 / (n_layers + 1)) * torch.mean(torch.abs(pred_fake[i][j] - pred_real[i][j]))
+             for i in range(num_d) for j in range(len(pred_fake[i]) - 1))
+    d = 0.5 * (mse(D(fake_in.detach()), 0) + mse(pred_real, 1)) + \
+        0.5 * (mse(D(fake_in.detach() * km), 0) + mse(D(real_in * km), 1))
+    gray = lambda x: 0.2989 * x[:, :1] + 0.5870 * x[:, 1:2] + 0.1140 * x[:, 2:3]  # noqa: E731
+    sx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3)
+    sy = torch.tensor([[1.0, 2, 1], [0, 0, 0], [-1, -2, -1]]).view(1, 1, 3, 3)
+
+    def patch_var(x, k):
+        return F.unfold(F.conv2d(gray(x), k, padding=1), 12, stride=12).var(dim=1)
+
+    gv = F.mse_loss(patch_var(target, sx), patch_var(fake, sx)) + F.mse_loss(patch_var(target, sy), patch_var(fake, sy))
+    g = 2 * mse(pred_fake, 1) + 10 * fm + 5 * gv + 1 * mse(D(fake_in * km), 1)
+    return fake, g, d
+
+
+def test_loss_terms_equal_the_release_formulas(full):
+    # KBA and NCE have no release counterpart (KBA is ours, NCE samples at random): off here
+    m = full_module(full, "loss.nce=0", "loss.att=0", "model.generator.kba_stages=[]", "loss.l1=0")
+    cf, prev, target, km = window_batch(3)
+    fake, g, _, d, parts = m.window_losses(cf, prev, target, km)
+    ref_fake, ref_g, ref_d = _release_style_losses(m, cf, prev, target, km)
+    assert torch.allclose(fake, ref_fake)
+    assert torch.allclose(g, ref_g, rtol=1e-5) and torch.allclose(d, ref_d, rtol=1e-5)
+    # and the pieces against our own pure functions
+    assert torch.allclose(parts["d_real"], lsgan_loss(m.discriminator(torch.cat([cf, target], 1)), True))
+    assert torch.isfinite(feature_matching_loss(m.discriminator(torch.cat([cf, fake], 1)),
+                                                m.discriminator(torch.cat([cf, target], 1)), 2))
+    assert torch.allclose(gradient_variance_loss(fake, target, 12), m.gv_loss(fake, target))
+
+
+def test_vgg_needs_its_weights_file(full, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # loss.vgg_weights=auto: an empty cache,
+    monkeypatch.setenv("FUNDUS2VIDEO_OFFLINE", "1")  # and no download
+    with pytest.raises(ConfigError, match="vgg19-dcbb9e9d.pth"):
+        train(full("loss.vgg=10"))
+    with pytest.raises(ConfigError, match="file not found: /no/such/vgg.pth"):
+        train(full("loss.vgg=10", "loss.vgg_weights=/no/such/vgg.pth"))

@@ -15,7 +15,7 @@ import torch
 import fundus2video.training.fit as train_module
 from fundus2video.module import Fundus2VideoModule
 from fundus2video.training import train
-from tests.test_knowledge_guidance import FULL
+from tests.helpers.full import FULL
 
 
 def _with_callback(monkeypatch, callback):
