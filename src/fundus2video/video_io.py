@@ -64,7 +64,9 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray
     import decord  # imported here: decord is only needed when videos are read
 
     try:
-        reader = decord.VideoReader(str(path))
+        # one decoding thread, as the data loader's reads: decord's decoder threads beside torch's gain
+        # nothing on the short clips read here
+        reader = decord.VideoReader(str(path), num_threads=1)
     except Exception as err:  # decord raises its own DECORDError types
         raise ValueError(f"{path}: not a readable video ({str(err).splitlines()[0]})") from None
     indices = list(range(len(reader))) if indices is None else indices
