@@ -205,6 +205,10 @@ def _ort_session(model: str | Path | bytes, threads: int):
 
 
 def _openvino_model(model: str | Path | bytes, threads: int):
+    # `import openvino` sends a usage event to Google Analytics from a process it forks off a thread
+    # (openvino_telemetry): patient-side tools must not phone home, and a fork of a threaded process
+    # can take its parent's pipes with it. Without that module OpenVINO uses its own no-op stub.
+    sys.modules.setdefault("openvino_telemetry", None)
     import openvino
 
     core = openvino.Core()
