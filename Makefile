@@ -21,7 +21,7 @@ help: ## list the targets
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,export,openvino,hub]"
+	$(PY) -m pip install --quiet -e ".[dev,export,hub]"
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install fundus2video with its pinned dependencies
