@@ -158,6 +158,10 @@ def test_top_level_imports(ckpt, folder):
     from_ckpt, from_folder = load_generator(ckpt), load_generator(folder / "config.json")
     assert (from_ckpt.window, from_ckpt.size, from_ckpt.n_frames) == (from_folder.window, 32, 4)
     assert torch.equal(from_ckpt(cf), from_folder(cf)) and from_folder(cf).shape == (2, 4, 1, 32, 32)
+    assert from_ckpt.source == str(ckpt)
+    for source in (ckpt, folder):  # a device this machine lacks is named, not blamed on the checkpoint
+        with pytest.raises(UserError, match="device tpu: not a device"):
+            load_generator(source, "tpu")
 
 
 def _tamper(folder, tmp_path, how: str):
@@ -254,7 +258,7 @@ def test_urls_of_a_checkpoint_and_of_a_folder(server, ckpt, photo, tmp_path, mon
 
     from_ckpt = load_module(f"{base}/last.ckpt")
     assert isinstance(from_ckpt, Fundus2VideoModule) and torch.equal(from_ckpt(cf, 4), expected)
-    cached = hub.cache_dir(f"{base}/last.ckpt") / "last.ckpt"
+    cached = hub.download_folder(f"{base}/last.ckpt") / "last.ckpt"
     assert cached.is_file() and str(cached).startswith(str(tmp_path / "torch" / "hub" / "fundus2video"))
 
     from_folder = load_module(f"{base}/f2v/model.safetensors")  # fetches config.json too

@@ -27,7 +27,7 @@ from fundus2video import pretrained
 from fundus2video.commands.cli import main
 from fundus2video.config import to_plain
 from fundus2video.errors import ConfigError, UserError
-from fundus2video.pretrained import WEIGHTS, cache_dir, fetch, list_weights, resolve
+from fundus2video.pretrained import WEIGHTS, fetch, list_weights, weights_dir, weights_file
 
 
 class Server:
@@ -123,7 +123,7 @@ def test_fetch_caches_verified_file_and_reuses_it_with_the_server_stopped(server
     assert sorted(os.listdir(cache)) == [path.name]  # no temporary file left
     server.stop()
     assert fetch("vgg19") == path
-    assert resolve("auto", "loss.vgg_weights") == path == resolve("vgg19", "loss.vgg_weights")
+    assert weights_file("auto", "loss.vgg_weights") == path == weights_file("vgg19", "loss.vgg_weights")
     assert ("vgg19", path.name, str(path)) in list_weights()
     assert ("vgg16", "vgg16-397923af.pth", "not cached") in list_weights()
 
@@ -149,7 +149,7 @@ def test_truncated_download_is_refused_and_leaves_nothing(server, monkeypatch, c
     url = serve(server, monkeypatch, "vgg19", os.urandom(200_000))
     server.truncate.add(url[len(server.url):])
     with pytest.raises(UserError, match="vgg19"):
-        resolve("auto", "loss.vgg_weights")
+        weights_file("auto", "loss.vgg_weights")
     assert server.requests and os.listdir(cache) == []
 
 
@@ -160,7 +160,7 @@ def test_server_down_names_the_url_and_the_place_for_the_file(monkeypatch, cache
     url = f"http://127.0.0.1:{port}/vgg16-12345678.pth"
     monkeypatch.setitem(WEIGHTS, "vgg16", replace(WEIGHTS["vgg16"], url=url))
     with pytest.raises(UserError) as info:
-        resolve("auto", "--lpips")
+        weights_file("auto", "--lpips")
     message = str(info.value)
     assert url in message and str(cache / "vgg16-397923af.pth") in message and "\n" not in message
     assert not cache.exists() or os.listdir(cache) == []
@@ -171,15 +171,15 @@ def test_offline_uses_the_cache_only(server, monkeypatch, cache):
     url = serve(server, monkeypatch, "vgg19", data)
     monkeypatch.setenv("FUNDUS2VIDEO_OFFLINE", "1")
     with pytest.raises(UserError) as info:
-        resolve("auto", "loss.vgg_weights")
+        weights_file("auto", "loss.vgg_weights")
     assert "FUNDUS2VIDEO_OFFLINE" in str(info.value) and url in str(info.value)
     assert server.requests == []
     cache.mkdir(parents=True)
     (cache / WEIGHTS["vgg19"].file).write_bytes(data)  # placed by hand: found, verified, no network
-    assert resolve("auto", "loss.vgg_weights") == cache / WEIGHTS["vgg19"].file
+    assert weights_file("auto", "loss.vgg_weights") == cache / WEIGHTS["vgg19"].file
     (cache / WEIGHTS["vgg19"].file).write_bytes(data[:-1])
     with pytest.raises(UserError, match="does not match"):
-        resolve("vgg19", "loss.vgg_weights")
+        weights_file("vgg19", "loss.vgg_weights")
     assert server.requests == []
 
 
@@ -187,7 +187,7 @@ def test_unknown_hash_is_never_downloaded_automatically(server, monkeypatch, cac
     data = os.urandom(4000)
     server.files["/i3d_torchscript.pt"] = data
     monkeypatch.setitem(WEIGHTS, "i3d", replace(WEIGHTS["i3d"], url=f"{server.url}/i3d_torchscript.pt"))
-    for call in (lambda: resolve("auto", "--i3d"), lambda: fetch("i3d")):
+    for call in (lambda: weights_file("auto", "--i3d"), lambda: fetch("i3d")):
         with pytest.raises(UserError) as info:
             call()
         assert f"{server.url}/i3d_torchscript.pt" in str(info.value)
@@ -197,12 +197,12 @@ def test_unknown_hash_is_never_downloaded_automatically(server, monkeypatch, cac
         fetch("i3d", sha256="f" * 64)
     assert os.listdir(cache) == []
     assert fetch("i3d", sha256=sha(data)).read_bytes() == data
-    assert resolve("auto", "--i3d") == cache / "i3d_torchscript.pt"
+    assert weights_file("auto", "--i3d") == cache / "i3d_torchscript.pt"
     explicit = tmp_path / "mine.pt"  # an explicit path is used as it is
     explicit.write_bytes(b"x")
-    assert resolve(str(explicit), "--i3d") == explicit
+    assert weights_file(str(explicit), "--i3d") == explicit
     with pytest.raises(UserError, match="file not found"):
-        resolve(str(tmp_path / "missing.pt"), "--i3d")
+        weights_file(str(tmp_path / "missing.pt"), "--i3d")
 
 
 def test_auto_in_training_fetches_before_the_run_and_loads_in_setup(server, monkeypatch, cache, tmp_path, tiny):
@@ -320,4 +320,4 @@ def cache_dir_of(root: Path) -> Path:
 
 
 def test_cache_dir_follows_torch_home(cache):
-    assert cache_dir() == cache
+    assert weights_dir() == cache

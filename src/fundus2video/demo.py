@@ -56,12 +56,6 @@ def gradio_module():
     return gr
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclass
 class DemoResult:
     """One generation's files (None where the page shows nothing) and the message for the page."""
@@ -152,13 +146,14 @@ class DemoModel:
     def __init__(self, ckpt: str | Path, device: str | None = None, bf16: bool = False,
                  work_dir: str | Path | None = None, runtime: str = "auto"):
         from fundus2video import hub
+        from fundus2video.devices import default_device
         from fundus2video.hub import load_module
         from fundus2video.onnx_runtime import resolve_runtime, window_function
 
         self.ckpt = ckpt  # as given: load_module also takes Hub folders and URLs
         self.device = device or default_device()
         resolve_runtime(runtime, self.device, bf16)  # an impossible choice is refused before the checkpoint loads
-        local = hub.resolve(ckpt)
+        local = hub.local_path(ckpt)
         self.module = load_module(local, self.device)
         self.bf16 = bf16
         # as `generate`: the graph beside the checkpoint, a Hub snapshot's in the user cache

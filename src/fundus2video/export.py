@@ -148,7 +148,7 @@ def export_hub(ckpt: str | Path, out: str | Path, overwrite: bool = False, push:
         hub.check_repo_id(push)
     elif private:
         raise UserError("--private applies to the repository --push creates; give --push REPO_ID, or leave --private")
-    local = hub.resolve(ckpt)
+    local = hub.local_path(ckpt)
     module = load_module(local)
     run_dir = local.parent.parent if local.is_file() and local.parent.name == "checkpoints" else None
     inputs = (local, *([run_dir] if run_dir else []))  # never written over, whatever --overwrite says

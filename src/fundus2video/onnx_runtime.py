@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fundus2video.devices import device_type
 from fundus2video.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def resolve_runtime(runtime: str, device: str | torch.device, bf16: bool = False
     with bf16 or not installed: UserError, one line."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
-    on_cpu = (device.type if isinstance(device, torch.device) else str(device).split(":")[0]) == "cpu"
+    on_cpu = device_type(device) == "cpu"
     if runtime == "auto":
         return "auto" if on_cpu and not bf16 and installed_runtimes() else "torch"
     if runtime in GRAPH_RUNTIMES:

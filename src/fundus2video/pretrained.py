@@ -83,14 +83,14 @@ AUTO_FOR = {"loss.vgg_weights": ("vgg19",), "--lpips": ("vgg16",), "--i3d": ("i3
 _hashed: dict[tuple[str, int, int], str] = {}
 
 
-def cache_dir() -> Path:
+def weights_dir() -> Path:
     """$TORCH_HOME/hub/checkpoints (torch.hub's folder; read at each call, so TORCH_HOME may change)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def cached_path(name: str) -> Path:
     """Where the cache keeps (or would keep) the weights `name`: the place to put a file by hand."""
-    return cache_dir() / _entry(name).cached_name
+    return weights_dir() / _entry(name).cached_name
 
 
 def offline() -> str | None:
@@ -134,7 +134,7 @@ def _verified_cache(w: Weights, expected: str | None = None) -> Path | None:
     nobody can check (no hash known) counts as verified by the user who put it there. A cached file
     that does not match is an error, not a reason to overwrite what may be the user's file."""
     expected = expected or w.expected
-    path = cache_dir() / w.cached_name
+    path = weights_dir() / w.cached_name
     if not path.is_file():
         return None
     if expected is None:
@@ -160,7 +160,7 @@ def fetch(name: str, url: str | None = None, sha256: str | None = None, flag: st
         if expected and not (sha256.startswith(expected) or expected.startswith(sha256)):
             raise UserError(f"--sha256 {sha256} contradicts the known SHA-256 of {w.file} ({_shown(expected)})")
         expected = max(sha256, expected or "", key=len)  # the longer of two consistent hashes says more
-    target = cache_dir() / w.cached_name
+    target = weights_dir() / w.cached_name
     cached = _verified_cache(w, expected)
     if cached is not None:
         return cached
@@ -197,7 +197,7 @@ def is_name(value: str | os.PathLike) -> bool:
     return text == AUTO or (text in WEIGHTS and not Path(text).is_file())
 
 
-def resolve(value: str | os.PathLike, flag: str, auto: Sequence[str] | None = None) -> Path:
+def weights_file(value: str | os.PathLike, flag: str, auto: Sequence[str] | None = None) -> Path:
     """The weights file a setting names: an existing path as is, `auto` (the first of `auto`, default
     AUTO_FOR[flag], that is cached, else the first that can be downloaded and verified) or a table
     name (cached, else downloaded and verified). Raises UserError, one line naming the URL and the
@@ -221,13 +221,13 @@ def resolve(value: str | os.PathLike, flag: str, auto: Sequence[str] | None = No
     var = offline()
     if var:
         raise UserError(f"{flag}: {first.file} is not in the cache and {var} is set (no download): download "
-                        f"{first.url} and put it at {cache_dir() / first.cached_name}")
+                        f"{first.url} and put it at {weights_dir() / first.cached_name}")
     verifiable = [n for n in names if WEIGHTS[n].expected]
     if not verifiable:
-        others = "".join(f", or {WEIGHTS[n].url} at {cache_dir() / WEIGHTS[n].cached_name}" for n in names[1:])
+        others = "".join(f", or {WEIGHTS[n].url} at {weights_dir() / WEIGHTS[n].cached_name}" for n in names[1:])
         raise UserError(f"{flag}: no {first.file} in the cache, and without a published SHA-256 it is not "
                         f"downloaded automatically: download {first.url} and put it at "
-                        f"{cache_dir() / first.cached_name}{others}")
+                        f"{weights_dir() / first.cached_name}{others}")
     return fetch(verifiable[0], flag=flag)
 
 
@@ -236,6 +236,6 @@ def list_weights() -> list[tuple[str, str, str]]:
     only (no hashing: the hash is checked when the file is used)."""
     rows = []
     for w in WEIGHTS.values():
-        path = cache_dir() / w.cached_name
+        path = weights_dir() / w.cached_name
         rows.append((w.name, w.cached_name, str(path) if path.is_file() else "not cached"))
     return rows

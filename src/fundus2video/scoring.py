@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from tqdm import tqdm
 
+from fundus2video.devices import device_type
 from fundus2video.errors import UserError
 from fundus2video.knowledge import KM_THRESHOLD
 from fundus2video.metrics.image import (
@@ -80,7 +81,7 @@ class Scores:
         """`loader(file)`, or None with the reason in `skipped`. `path`: a file, or `auto` / a name of
         fundus2video.pretrained (`auto`: the first of `auto`), cached or fetched and verified there;
         when that cannot be had (offline, no verifiable download) the metric is skipped, not the run."""
-        from fundus2video.pretrained import is_name, resolve
+        from fundus2video.pretrained import is_name, weights_file
 
         wanted = self.standard if name == "lpips" else True
         if not wanted:
@@ -89,7 +90,7 @@ class Scores:
             reason = f"no {flag} file given ({what})"
         elif is_name(path):
             try:
-                found = resolve(path, flag, auto)
+                found = weights_file(path, flag, auto)
             except UserError as err:  # not cached and not fetched (offline, no verifiable download, no network)
                 reason = str(err)
             else:
@@ -187,7 +188,7 @@ def score_samples(module: Fundus2VideoModule, samples: list, scores: Scores, dev
     """Roll out every sample and score it into `scores`; returns the per-case rows and the first
     `sheet_cases` cases' frames for the contact sheet."""
     case_rows, sheet = [], []
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device_type(device), dtype=torch.bfloat16) if bf16 else nullcontext()
     for sample in tqdm(samples, desc=desc, unit="case", disable=not progress):
         with torch.inference_mode(), autocast:
             fake = module(sample["cf"][None].to(device), sample["frames"].shape[0]).float()

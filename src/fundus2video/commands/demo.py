@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             probe.bind((args.host, 0))
             args.port = probe.getsockname()[1]
     if args.device is not None:
-        from fundus2video.hub import check_device
+        from fundus2video.devices import check_device
 
         check_device(args.device, "--device")
     from fundus2video.onnx_runtime import limit_torch_threads

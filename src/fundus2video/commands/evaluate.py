@@ -10,7 +10,7 @@ from fundus2video.evaluation import evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from fundus2video.hub import check_device
+    from fundus2video.devices import check_device
 
     args.device = str(check_device(args.device, "--device"))
     out = evaluate(args.ckpt, args.data, args.split, args.protocol, args.out, args.i3d, args.lpips, args.lpips_net,

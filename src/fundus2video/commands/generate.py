@@ -13,7 +13,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fundus2video import hub
-    from fundus2video.hub import check_device, load_module
+    from fundus2video.devices import check_device
+    from fundus2video.hub import load_module
     from fundus2video.inference import generate_videos, output_targets, photos_in
     from fundus2video.onnx_runtime import limit_torch_threads, resolve_runtime
 
@@ -29,7 +30,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     photos = photos_in(args.cf)
     formats = ("mp4", "gif") if args.gif else ("mp4",)
     targets = output_targets(photos, Path(args.out), formats, args.strip, args.side_by_side, args.overwrite)
-    local = hub.resolve(args.ckpt)  # URLs and hf:// downloaded once, into their caches
+    local = hub.local_path(args.ckpt)  # URLs and hf:// downloaded once, into their caches
     module = load_module(local, args.device)
     # the ONNX graph is cached beside the checkpoint (a URL's download included); a snapshot of the Hub's own
     # cache is left as it came, the graph goes to the user cache

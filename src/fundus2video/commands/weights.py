@@ -8,7 +8,7 @@ from fundus2video.errors import UserError
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from fundus2video.pretrained import WEIGHTS, cache_dir, fetch, list_weights
+    from fundus2video.pretrained import WEIGHTS, fetch, list_weights, weights_dir
 
     if args.weights_command == "list":
         rows = [("NAME", "FILE", "CHECKED BY", "CACHED"),
@@ -18,7 +18,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for row in rows:
             print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3])
-        print(f"cache: {cache_dir()} ($TORCH_HOME/hub/checkpoints); a file put there by hand under its FILE name "
+        print(f"cache: {weights_dir()} ($TORCH_HOME/hub/checkpoints); a file put there by hand under its FILE name "
               "is used when it matches; sources:")
         for w in WEIGHTS.values():
             print(f"  {w.name:<{widths[0]}}  {w.url}")

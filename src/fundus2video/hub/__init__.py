@@ -17,6 +17,7 @@ Only torch, safetensors and this package's network code are imported here: loadi
 rolling it out never imports Lightning. Callers of a `.ckpt` do (it is a Lightning checkpoint).
 """
 
+from fundus2video.devices import DEVICES, check_device  # re-exported: hub's public names stay
 from fundus2video.hub.card import build_card, save_hub
 from fundus2video.hub.format import (
     CARD,
@@ -31,22 +32,20 @@ from fundus2video.hub.format import (
     load_folder,
 )
 from fundus2video.hub.sources import (
-    DEVICES,
-    cache_dir,
-    check_device,
     check_repo_id,
+    download_folder,
     fetch_url,
     hf_module,
     hub_folder,
     load_generator,
     load_module,
+    local_path,
     pull,
     push,
-    resolve,
 )
 from fundus2video.pretrained import OFFLINE_VARS  # one offline switch for every download
 
 __all__ = ["CARD", "CONFIG", "DEVICES", "FILES", "FORMAT_VERSION", "HUB_MISSING", "OFFLINE_VARS", "WEIGHTS",
-           "LoadedGenerator", "build_card", "build_config", "cache_dir", "check_device", "check_repo_id", "fetch_url",
-           "generator_config", "hf_module", "hub_folder", "load_folder", "load_generator", "load_module", "pull",
-           "push", "resolve", "save_hub"]
+           "LoadedGenerator", "build_card", "build_config", "check_device", "check_repo_id", "download_folder",
+           "fetch_url", "generator_config", "hf_module", "hub_folder", "load_folder", "load_generator",
+           "load_module", "local_path", "pull", "push", "save_hub"]

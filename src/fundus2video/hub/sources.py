@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
+from fundus2video.devices import check_device
 from fundus2video.download import download, json_file, safetensors_file, shown, zip_file
 from fundus2video.errors import UserError
 
@@ -77,7 +78,7 @@ def pull(spec: str) -> Path:
     return Path(path)
 
 
-def cache_dir(key: str) -> Path:
+def download_folder(key: str) -> Path:
     """The download folder of URL `key`: torch.hub.get_dir()/fundus2video/<sha256 of the URL>."""
     return Path(torch.hub.get_dir()) / "fundus2video" / hashlib.sha256(key.encode()).hexdigest()
 
@@ -98,18 +99,18 @@ def fetch_url(url: str) -> Path:
     parts = urlsplit(url)
     head, _, name = parts.path.rpartition("/")
     if name.endswith(".ckpt"):
-        dst = cache_dir(url) / name
+        dst = download_folder(url) / name
         _download(url, dst)
         return dst
     if name in (WEIGHTS, CONFIG):
-        folder = cache_dir(urlunsplit(parts._replace(path=f"{head}/")))
+        folder = download_folder(urlunsplit(parts._replace(path=f"{head}/")))
         for sibling in (CONFIG, WEIGHTS):
             _download(urlunsplit(parts._replace(path=f"{head}/{sibling}")), folder / sibling)
         return folder
     raise UserError(f"{url}: expected the URL of a .ckpt, or of a Hub folder's {WEIGHTS} or {CONFIG}")
 
 
-def resolve(spec: str | Path) -> Path:
+def local_path(spec: str | Path) -> Path:
     """A checkpoint argument -> a local path: URLs and hf:// are downloaded, paths are kept as they are."""
     text = str(spec)
     if text.startswith("hf://"):
@@ -128,53 +129,25 @@ def hub_folder(path: Path) -> Path | None:
     return None
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """A generator for inference from a Hub folder, a `.ckpt`, an http(s) URL of either, or
-    `hf://REPO_ID[@REV]`. Folders load without Lightning; a `.ckpt` is read with `weights_only`."""
-    local = resolve(path)
-    folder = hub_folder(local)
-    if folder is not None:
-        return load_folder(folder, device)
-
-    from fundus2video.module import load_checkpoint_module  # a Lightning checkpoint: needs Lightning
-
-    module = load_checkpoint_module(local, device)
-    config = build_config(module.cfg)
-    return LoadedGenerator(module.generator, config, str(local)).to(device)
-
-
-DEVICES = "cpu, cuda, cuda:N or mps"
-
-
-def check_device(device: str | torch.device, flag: str = "device") -> torch.device:
-    """`device` as a torch.device this machine has; otherwise a one-line UserError naming `flag` (a
-    checkpoint must not be blamed for a device that does not exist)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"{flag} {device}: not a device (expected {DEVICES})") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UserError(f"{flag} {device}: this machine has no CUDA GPU (torch {torch.__version__}); use "
-                            f"{flag} cpu")
-        if dev.index is not None and dev.index >= count:
-            raise UserError(f"{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UserError(f"{flag} {device}: Apple's MPS is not available here; use {flag} cpu")
-    elif dev.type != "cpu":
-        raise UserError(f"{flag} {device}: not supported (expected {DEVICES})")
-    return torch.device("cpu") if dev.type == "cpu" else dev  # cpu:0 is the CPU (map_location knows only cpu)
-
-
 def load_module(ckpt: str | Path, device: str = "cpu") -> Fundus2VideoModule | LoadedGenerator:
     """A trained model in eval mode from any source: a fundus2video `.ckpt` (the LightningModule), a Hub
     folder (config.json + model.safetensors, `export --format hub`: a `LoadedGenerator`, inference
     only, with the same `cfg.data` / `device` / call as the module), an http(s) URL of either, or
     `hf://REPO_ID[@REV]`. A file that is not a checkpoint fails in one line naming it."""
-    device = str(check_device(device))
-    local = resolve(ckpt)  # URLs and hf:// downloaded into their caches; local paths as given
+    return _load(local_path(ckpt), str(check_device(device)))  # URLs and hf:// downloaded into their caches
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """A generator for inference from the same sources as `load_module`: a checkpoint's module reduced
+    to its generator and config. Folders load without Lightning; a `.ckpt` is read with `weights_only`."""
+    device, local = str(check_device(device)), local_path(path)
+    model = _load(local, device)
+    if isinstance(model, LoadedGenerator):
+        return model
+    return LoadedGenerator(model.generator, build_config(model.cfg), str(local)).to(device)
+
+
+def _load(local: Path, device: str) -> Fundus2VideoModule | LoadedGenerator:
     if (folder := hub_folder(local)) is not None:
         return load_folder(folder, device)
     from fundus2video.module import load_checkpoint_module  # a Lightning checkpoint: needs Lightning

@@ -100,10 +100,10 @@ def load_vgg19(path: str | Path) -> VGG19Features:
     and the name `vgg19` mean the cached file, downloaded and verified first where it is missing
     (`fundus2video.pretrained`).
     """
-    from fundus2video.pretrained import is_name, resolve
+    from fundus2video.pretrained import is_name, weights_file
 
     if isinstance(path, str) and (not path or is_name(path)):
-        path = resolve(path or "auto", CONFIG_KEY, auto=("vgg19",))
+        path = weights_file(path or "auto", CONFIG_KEY, auto=("vgg19",))
     from fundus2video.io import read_state_dict
 
     path = Path(path)

@@ -76,10 +76,10 @@ def check_resources(cfg: DictConfig) -> None:
                           "is distributed here): use loss.d_pass=separate")
     if cfg.loss.vgg > 0:
         from fundus2video.errors import UserError
-        from fundus2video.pretrained import resolve
+        from fundus2video.pretrained import weights_file
 
         try:  # auto ("" too) or a name: the cached file, fetched and verified here, before the run starts
-            path = resolve(cfg.loss.vgg_weights or "auto", "loss.vgg_weights", auto=("vgg19",))
+            path = weights_file(cfg.loss.vgg_weights or "auto", "loss.vgg_weights", auto=("vgg19",))
         except UserError as err:
             raise ConfigError(f"{err} (loss.vgg={cfg.loss.vgg} needs torchvision's VGG19 ImageNet weights, "
                               "vgg19-dcbb9e9d.pth; or set loss.vgg=0)") from None
