@@ -192,6 +192,42 @@ def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
         assert torch.equal(value, ranks[1]["params"][name]), name
 
 
+@pytest.mark.slow
+def test_a_slurm_job_of_two_tasks_makes_one_run_directory_and_one_wandb_run(tmp_path):
+    """Two tasks as `srun --ntasks=2 --ntasks-per-node=1` starts them on two nodes: the same command,
+    SLURM's variables set per task and no RANK. Lightning's SLURM environment wires the ranks; every task
+    names the run directory after the job, rank 0 alone points `latest` and starts the wandb run."""
+    out, port = tmp_path / "out", _free_port()
+    out.mkdir()
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("SLURM_") and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    job = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "fundus2video", "SLURM_NTASKS": "2",
+           "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_NODELIST": "127.0.0.1", "SLURM_LOCALID": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WANDB_SILENT": "true", "WANDB_DIR": str(out)}
+    procs = [subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out), *FULL, "trainer.devices=1", "trainer.num_nodes=2",
+         "logging.wandb=offline"],
+        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**base, **job, "SLURM_PROCID": str(task), "SLURM_NODEID": str(task)}) for task in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=420)[0].decode(errors="replace") for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("the SLURM-like job did not end within 420 s")
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    runs = out / "runs" / "smoke"
+    made = sorted(p.name for p in runs.iterdir() if not p.is_symlink() and not p.name.startswith("."))
+    assert made == ["slurm-4242"] and {r["run_dir"] for r in ranks} == {str(runs / "slurm-4242")}, made
+    assert (runs / "latest").resolve() == (runs / "slurm-4242").resolve()
+    wandb_runs = list((runs / "slurm-4242").rglob("offline-run-*"))
+    assert len(wandb_runs) == 1, wandb_runs
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+
+
 def test_the_global_rank_and_a_slurm_jobs_run_name(monkeypatch):
     from fundus2video.training import rundir as train_mod
 
