@@ -16,6 +16,9 @@ with OMP_NUM_THREADS=N.
 side-by-side video, the strip) for the short and the long video, torch and auto, at --demo-size.
 
 `checks`: each graph runtime's max |runtime - torch| on the check input (the graph's record).
+`gflop_per_window` (the graph's convolutions) over each runtime's timed window gives `window_gflops`,
+the arithmetic rate each sustains, to set against `fp32_fma_peak`: what the CPUs reach on nothing but
+independent AVX-512 FMAs (a small C program, compiled when `cc` is there).
 
     python benchmarks/generate.py [--sizes 256,512] [--runtimes torch,onnxruntime,openvino,auto]
         [--frames 3,13] [--repeats 3] [--omp 2] [--demo-size 256]
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,7 +42,7 @@ from _common import ROOT, build_module, emit, log, machine_info
 
 from fundus2video.data_modules.phantom import make_case
 from fundus2video.hub import save_hub
-from fundus2video.onnx_runtime import installed_runtimes, runtime_version
+from fundus2video.onnx_runtime import installed_runtimes, runtime_threads, runtime_version
 
 PHOTO_SIZE = 512
 
@@ -97,6 +101,73 @@ def per_frame(folder: Path, photo: Path, work: Path, runtimes: list[str], frames
     if "auto" in runtimes:
         out["auto_ran"] = auto_choice(folder, photo, work / "auto.mp4", env)
     return out
+
+
+def graph_gflop(graph: Path) -> float:
+    """Floating-point operations of one window, counted from the ONNX graph: 2 x the multiply-adds of
+    every convolution (more than 99 % of the window's arithmetic; norms and activations left out)."""
+    import numpy as np
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(graph)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    weights = {w.name: list(w.dims) for w in model.graph.initializer}
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":  # each output element: in/groups x kernel multiply-adds
+            macs += int(np.prod(shapes[node.output[0]])) * int(np.prod(weights[node.input[1]][1:]))
+        elif node.op_type == "ConvTranspose":  # each input element scatters into out/groups x kernel
+            macs += int(np.prod(shapes[node.input[0]])) * int(np.prod(weights[node.input[1]][1:]))
+    return 2 * macs / 1e9
+
+
+# twelve independent AVX-512 FMA chains per thread (more than latency x pipes): the cores' fp32 peak
+FMA_PEAK_C = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#define FMA(k) a##k = _mm512_fmadd_ps(a##k, m, c)
+int main(int argc, char **argv) {
+    long iters = atol(argv[1]);
+    float sink = 0;
+    int threads = 1;
+    double start = omp_get_wtime();
+#pragma omp parallel reduction(+ : sink)
+    {
+#pragma omp single
+        threads = omp_get_num_threads();
+        __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+        __m512 a0 = m, a1 = m, a2 = m, a3 = m, a4 = m, a5 = m, a6 = m, a7 = m, a8 = m, a9 = m, a10 = m, a11 = m;
+        for (long i = 0; i < iters; i++) {
+            FMA(0); FMA(1); FMA(2); FMA(3); FMA(4); FMA(5); FMA(6); FMA(7); FMA(8); FMA(9); FMA(10); FMA(11);
+        }
+        sink += _mm512_reduce_add_ps(a0) + _mm512_reduce_add_ps(a5) + _mm512_reduce_add_ps(a11);
+    }
+    printf("%f %g\n", threads * iters * 12.0 * 16 * 2 / (omp_get_wtime() - start) / 1e9, sink);
+    return 0;
+}
+"""
+
+
+def fma_peak_gflops(threads: int, work: Path, iters: int = 300_000_000) -> float | None:
+    """The fp32 rate the CPUs reach on nothing but independent AVX-512 FMAs (a C program compiled here),
+    median of 3; None without a C compiler with OpenMP or without AVX-512."""
+    source, binary = work / "fma_peak.c", work / "fma_peak"
+    source.write_text(FMA_PEAK_C)
+    built = subprocess.run(["cc", "-O2", "-mavx512f", "-fopenmp", str(source), "-o", str(binary)],
+                           capture_output=True, text=True) if shutil.which("cc") else None
+    if built is None or built.returncode != 0:
+        return None
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    rates = []
+    for _ in range(3):
+        done = subprocess.run([str(binary), str(iters)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # no AVX-512 on this CPU: an illegal instruction
+            return None
+        rates.append(float(done.stdout.split()[0]))
+    return round(statistics.median(rates), 1)
 
 
 def demo_per_frame(folder: Path, photo: Path, frames: tuple[int, int], repeats: int) -> dict:
@@ -159,12 +230,19 @@ def main() -> None:
             record = json.loads((work / f"generator{size}.onnx-cache" / f"{size}x{size}.json").read_text()) \
                 if (work / f"generator{size}.onnx-cache").is_dir() else {}
             row["checks"] = record.get("max_abs_diff_vs_torch", {})
-            row["auto_timed_seconds_per_window"] = record.get("seconds_per_window", {})
+            row["auto_timed_seconds_per_window"] = timed = record.get("seconds_per_window", {})
+            graph = work / f"generator{size}.onnx-cache" / f"{size}x{size}.onnx"
+            if graph.is_file():  # how close each runtime's window comes to the machine's fp32 ceiling
+                row["gflop_per_window"] = gflop = round(graph_gflop(graph), 1)
+                row["window_gflops"] = {machine: {r: round(gflop / t, 1) for r, t in times.items() if t}
+                                        for machine, times in timed.items()}
             results.append(row)
             if size == args.demo_size:
                 log(f"demo at {size}")
                 demo = {"size": size, **demo_per_frame(folder, photo, frames, args.repeats)}
-    emit({"machine": machine_info(), "runtimes": {r: runtime_version(r) for r in installed_runtimes()},
+        peak = {"threads": runtime_threads(), "gflops": fma_peak_gflops(runtime_threads(), work)}
+    emit({"machine": machine_info(), "fp32_fma_peak": peak,
+          "runtimes": {r: runtime_version(r) for r in installed_runtimes()},
           "photo": f"{PHOTO_SIZE} x {PHOTO_SIZE} phantom colour photo", "results": results, "demo": demo})
 
 
