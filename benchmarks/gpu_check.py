@@ -9,7 +9,8 @@ Steps, in order (`--steps` picks some and adds the steps they need):
   smoke-16-mixed        1 epoch of the full method at 64 x 64 (experiments/fundus2video_cpu.yaml: KBA, knowledge-
                         aware D, mask-enhanced PatchNCE, plus the VGG19 term) on cuda, trainer.precision=16-mixed;
                         then: checkpoints/last.ckpt, sample videos, every logged loss finite
-  smoke-bf16-mixed      the same under bf16-mixed
+  smoke-bf16-mixed      the same under bf16-mixed, with trainer.deterministic=warn (deterministic kernels where
+                        CUDA has them; true is refused before training: reflection padding has none)
   train-window          benchmarks/train_window.py --device cuda: the module's window against the release's order
   speed-switches        benchmarks/gpu_speed.py: the paper window (512 x 512, ngf 64) under each speed switch:
                         s/window, peak memory, host syncs per window
@@ -17,7 +18,11 @@ Steps, in order (`--steps` picks some and adds the steps they need):
                         compared (fp32 with TF32 off: max |cuda - cpu| <= 2e-3; the written strips in levels)
   evaluate-cuda-vs-cpu  `fundus2video evaluate` of that checkpoint on cuda and on cpu; metrics.json compared
   ddp-one-rank          the smoke training under trainer.strategy=ddp on one GPU (one NCCL rank)
-The limits add up to 565 s (`--budget-scale` multiplies them): under 10 minutes on one modern GPU.
+  ddp-two-ranks-one-gpu tests/ddp_train.py (the full method at test size, 2 epochs) as two torchrun "nodes" on
+                        127.0.0.1, both ranks on cuda:0 over gloo (NCCL refuses a shared GPU), with
+                        trainer.ddp_reduce=per_network and =all: the ranks' parameters identical, and the two
+                        reductions within 1e-3 of each other (the per-network hook's futures on CUDA)
+The limits add up to 595 s (`--budget-scale` multiplies them): under 10 minutes on one modern GPU.
 
 Installed beforehand (nothing is downloaded and the package index is never asked):
   - the repository's .venv as `make install` makes it (the project with its [dev,export,hub] extras), then a
@@ -74,6 +79,7 @@ SMOKE = ["data.size=64", "data.n_frames=6", "data.phantom.n_train=8", "data.phan
          "logging.wandb=disabled", "logging.n_samples=1", "loss.vgg=10.0"]
 GENERATE_TOL = 2e-3  # max |cuda - cpu| of fp32 frames in [-1, 1], TF32 off
 STRIP_TOL = 32  # max difference of the written 8-bit strips (TF32 on, as generate runs): only gross errors
+DDP_TOL = 1e-3  # max |parameter| difference after 2 epochs, per-network hook against plain DDP, on one GPU
 EVALUATE_TOL = 2e-2  # max |cuda - cpu| / max(|cpu|, 0.1) over the metrics
 
 
@@ -146,7 +152,7 @@ def build_steps(out: Path, python: str, scale: float = 1.0) -> list[Step]:
         return Cmd([python, "-m", "fundus2video", "evaluate", "--ckpt", str(ckpt), "--split", "test",
                     "--lpips", "", "--i3d", "", "--out", str(ev / device), "--device", device])
 
-    speed_budget = 170 * scale  # gpu_speed.py ends within it; the step's limit adds its start-up
+    speed_budget = 140 * scale  # gpu_speed.py ends within it; the step's limit adds its start-up
     steps = [
         Step("env", "versions, the GPU, bf16", 20, [Cmd([*me, "env"])]),
         Step("prepare", "phantom case folders and a random-weight VGG19 (CPU)", 30, [
@@ -155,13 +161,13 @@ def build_steps(out: Path, python: str, scale: float = 1.0) -> list[Step]:
             Cmd([*me, "write-vgg", str(vgg)])]),
         Step("smoke-16-mixed", "1 epoch, full method, 16-mixed", 55, train("smoke-16-mixed",
              ["trainer.precision=16-mixed"]), needs=("prepare",)),
-        Step("smoke-bf16-mixed", "1 epoch, full method, bf16-mixed", 55, train("smoke-bf16-mixed",
-             ["trainer.precision=bf16-mixed"]), needs=("prepare",)),
+        Step("smoke-bf16-mixed", "1 epoch, full method, bf16-mixed, deterministic=warn", 45, train(
+             "smoke-bf16-mixed", ["trainer.precision=bf16-mixed", "trainer.deterministic=warn"]), needs=("prepare",)),
         Step("train-window", "benchmarks/train_window.py --device cuda", 60, [
             Cmd([python, "benchmarks/train_window.py", "--device", "cuda", "--sizes", "128,256", "--precisions",
                  "fp32", "--repeats", "3", "--budget", "5", "--no-profile"], stdout=out / "train_window.json")],
              parse=parse_train_window),
-        Step("speed-switches", "paper window under each speed switch", 190, [
+        Step("speed-switches", "paper window under each speed switch", 160, [
             Cmd([python, "benchmarks/gpu_speed.py", "--device", "cuda", "--budget", f"{speed_budget:g}",
                  "--switch-timeout", f"{25 * scale:g}"], stdout=out / "gpu_speed.json")],
              parse=parse_speed),
@@ -173,8 +179,10 @@ def build_steps(out: Path, python: str, scale: float = 1.0) -> list[Step]:
             evaluate("cuda"), evaluate("cpu"),
             Cmd([*me, "compare-evaluate", str(ev / "cuda" / "metrics.json"), str(ev / "cpu" / "metrics.json")])],
              needs=("smoke-16-mixed",)),
-        Step("ddp-one-rank", "1 epoch under DDP, one NCCL rank", 55, train("ddp-one-rank",
+        Step("ddp-one-rank", "1 epoch under DDP, one NCCL rank", 45, train("ddp-one-rank",
              ["trainer.strategy=ddp"]), needs=("prepare",)),
+        Step("ddp-two-ranks-one-gpu", "2 gloo ranks on cuda:0, each gradient reduction", 80, [
+            Cmd([*me, "ddp-two-ranks", str(out / "ddp-two-ranks"), "--limit", f"{37 * scale:g}"])]),
     ]
     for step in steps:
         step.timeout *= scale
@@ -581,8 +589,78 @@ def helper_compare_evaluate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_pair(out: Path, accelerator: str, reduce: str, limit: float) -> tuple[list[dict] | None, str]:
+    """tests/ddp_train.py (the full method at test size) as two torchrun "nodes" of one process each on
+    127.0.0.1, gloo, both ranks on the same device; (each rank's saved result, or None; the output)."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    port, torchrun = _free_port(), Path(sys.executable).with_name("torchrun")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.full import FULL
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
+    procs = [subprocess.Popen(
+        [str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
+         f"--master-port={port}", str(ROOT / "tests" / "ddp_train.py"), str(out), *FULL,
+         f"trainer.accelerator={accelerator}", "trainer.devices=1", "trainer.num_nodes=2",
+         "trainer.ddp_backend=gloo", f"trainer.ddp_reduce={reduce}", "trainer.max_epochs=2"],
+        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        for node in (0, 1)]
+    try:
+        texts = [p.communicate(timeout=limit)[0].decode(errors="replace") for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            _kill_group(p, signal.SIGKILL)
+        return None, f"the two ranks did not end within {limit:.0f} s"
+    if any(p.returncode != 0 for p in procs):
+        return None, texts[0][-1500:] + texts[1][-1500:]
+    return [torch.load(out / f"rank{r}.pt", map_location="cpu") for r in (0, 1)], texts[0]
+
+
+def helper_ddp_two_ranks(args: argparse.Namespace) -> int:
+    """Two DDP ranks sharing one device (NCCL refuses a duplicate GPU; gloo takes CUDA tensors), once with
+    each gradient reduction: the ranks must end with identical parameters, and the per-network hook
+    must train as plain DDP does (within `--tol`, as the GPU's kernels order sums differently)."""
+    out, numbers, problems, params = Path(args.out), {}, [], {}
+    for reduce in ("per_network", "all"):
+        ranks, text = ddp_pair(out / reduce, args.accelerator, reduce, args.limit)
+        if ranks is None:
+            print(text, file=sys.stderr)
+            print(f"gpu-check: FAIL: ddp_reduce={reduce}: the run failed", file=sys.stderr)
+            return 1
+        apart = max((ranks[0]["params"][k].float() - ranks[1]["params"][k].float()).abs().max().item()
+                    for k in ranks[0]["params"])
+        numbers[f"{reduce}: max |rank0 - rank1|"] = apart
+        numbers[f"{reduce}: world size"] = ranks[0]["world_size"]
+        if apart != 0 or ranks[0]["world_size"] != 2:
+            problems.append(f"ddp_reduce={reduce}: the ranks' parameters differ by up to {apart:.3g} "
+                            f"(world size {ranks[0]['world_size']})")
+        params[reduce] = ranks[0]["params"]
+        if "distributed_backend=gloo" not in text:
+            problems.append(f"ddp_reduce={reduce}: Lightning's log names no gloo backend")
+    gap = max((params["per_network"][k].float() - params["all"][k].float()).abs().max().item()
+              for k in params["all"])
+    numbers["max |per_network - all|"] = gap
+    if not gap <= args.tol:
+        problems.append(f"per_network and all end {gap:.3g} apart (tolerance {args.tol:g})")
+    print(MARK + json.dumps(numbers))
+    for problem in problems:
+        print(f"gpu-check: FAIL: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 HELPERS = {"env": helper_env, "write-vgg": helper_write_vgg, "check-run": helper_check_run,
-           "compare-generate": helper_compare_generate, "compare-evaluate": helper_compare_evaluate}
+           "compare-generate": helper_compare_generate, "compare-evaluate": helper_compare_evaluate,
+           "ddp-two-ranks": helper_ddp_two_ranks}
 
 
 def helper_parser() -> argparse.ArgumentParser:
@@ -602,6 +680,11 @@ def helper_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=GENERATE_TOL)
     p.add_argument("--strip-tol", type=int, default=STRIP_TOL)
     p.add_argument("--device", default="cuda", help="the device compared with the cpu")
+    p = sub.add_parser("ddp-two-ranks")
+    p.add_argument("out")
+    p.add_argument("--accelerator", default="gpu", help="gpu (both ranks on cuda:0) or cpu (the same, on the CPU)")
+    p.add_argument("--tol", type=float, default=DDP_TOL)
+    p.add_argument("--limit", type=float, default=150, help="seconds for each pair of ranks")
     p = sub.add_parser("compare-evaluate")
     p.add_argument("cuda")
     p.add_argument("cpu")

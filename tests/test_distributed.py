@@ -79,6 +79,11 @@ def test_strategy_resolution_gives_every_ddp_run_find_unused_parameters(tiny, mo
         assert isinstance(chosen, DDPStrategy) and chosen._ddp_kwargs["find_unused_parameters"] is True, name
         assert chosen._start_method == start
     assert strategy("auto", tiny().trainer) == "auto"  # one device: nothing to reduce
+    assert strategy("ddp", t)._process_group_backend is None  # auto: Lightning's choice for the device
+    assert strategy("ddp", tiny("trainer.devices=2", "trainer.ddp_backend=gloo").trainer)._process_group_backend \
+        == "gloo"
+    with pytest.raises(ConfigError, match="trainer.ddp_backend=nccl: NCCL runs on CUDA GPUs only"):
+        check_resources(tiny("trainer.devices=2", "trainer.accelerator=cpu", "trainer.ddp_backend=nccl"))
     with pytest.raises(ConfigError, match="loss.d_pass=shared runs in one process only"):
         check_resources(tiny("trainer.devices=2", "loss.d_pass=shared"))
     check_resources(tiny("loss.d_pass=shared"))  # one device: fine

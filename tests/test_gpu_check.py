@@ -49,7 +49,7 @@ def test_dry_run_lists_every_step_and_writes_the_summary(tmp_path):
     steps = gpu_check.build_steps(tmp_path / "out", sys.executable)
     assert [s.name for s in steps] == ["env", "prepare", "smoke-16-mixed", "smoke-bf16-mixed", "train-window",
                                        "speed-switches", "generate-cuda-vs-cpu", "evaluate-cuda-vs-cpu",
-                                       "ddp-one-rank"]
+                                       "ddp-one-rank", "ddp-two-ranks-one-gpu"]
     assert sum(s.timeout for s in steps) < 600  # the issue's 10 minutes
     for step in steps:
         assert f"{step.name} (limit {step.timeout:.0f} s" in done.stdout
@@ -295,3 +295,17 @@ def test_unreadable_benchmark_output_fails_the_step(tmp_path):
                                                stdout=tmp_path / "s.json")], parse=gpu_check.parse_speed)
     (result,) = gpu_check.run_steps([step], tmp_path)
     assert result.status_text() == "failed (output unreadable)" and "JSONDecodeError" in result.note
+
+
+@pytest.mark.slow
+def test_two_ranks_sharing_one_device_on_the_cpu(tmp_path):
+    """The ddp-two-ranks helper as the GPU step runs it, with the ranks on the CPU: both reductions train,
+    the ranks end identical, and the summary numbers say so."""
+    done = script("ddp-two-ranks", str(tmp_path / "out"), "--accelerator", "cpu", "--limit", "240", timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    numbers = gpu_check.markers(done.stdout)
+    assert numbers["per_network: max |rank0 - rank1|"] == numbers["all: max |rank0 - rank1|"] == 0
+    assert numbers["per_network: world size"] == numbers["all: world size"] == 2
+    assert numbers["max |per_network - all|"] <= gpu_check.DDP_TOL
+    for reduce in ("per_network", "all"):
+        assert sorted(p.name for p in (tmp_path / "out" / reduce).glob("rank*.pt")) == ["rank0.pt", "rank1.pt"]

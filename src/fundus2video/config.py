@@ -254,6 +254,9 @@ class TrainerConfig:
     # under DDP, which gradients each backward all-reduces: per_network = only the network whose loss is
     # back-propagated (G's in G's backward, D's in D's; the same training, about half the traffic) | all
     ddp_reduce: str = choice("per_network", "all")
+    # torch.distributed's backend under DDP: auto = Lightning's (nccl on CUDA GPUs, gloo on CPUs) | gloo (also
+    # on GPUs: several ranks may share one GPU, which NCCL refuses) | nccl (CUDA GPUs only)
+    ddp_backend: str = choice("auto", "gloo", "nccl")
     precision: str = choice("32", "bf16-mixed", "16-mixed")
     max_epochs: int = -1  # -1: epochs_constant + epochs_decay
     # Lightning's meaning: a float is a fraction of the batches, an int a number of batches

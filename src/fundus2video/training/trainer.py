@@ -54,7 +54,8 @@ def strategy(name: str, t=None):
     if base in DDP_START:
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(find_unused_parameters=True, start_method=DDP_START[base])
+        backend = None if t is None or t.ddp_backend == "auto" else t.ddp_backend
+        return DDPStrategy(find_unused_parameters=True, start_method=DDP_START[base], process_group_backend=backend)
     from lightning.pytorch.strategies import StrategyRegistry
 
     known = ["auto", *StrategyRegistry.available_strategies()]
@@ -76,6 +77,10 @@ def check_accelerator(t) -> None:
                               "or auto)")
     if t.accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.accelerator=mps: no Apple GPU (MPS) here; use trainer.accelerator=cpu (or auto)")
+    on_cuda = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if t.ddp_backend == "nccl" and not on_cuda:
+        raise ConfigError(f"trainer.ddp_backend=nccl: NCCL runs on CUDA GPUs only, and this run trains on "
+                          f"trainer.accelerator={t.accelerator} without one; use trainer.ddp_backend=gloo (or auto)")
 
 
 def check_deterministic_on_cuda(t, padding: str) -> None:
