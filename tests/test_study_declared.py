@@ -98,3 +98,35 @@ def test_a_descriptive_comparison_reports_intervals_and_no_verdict(tmp_path):
              - json.loads((results / "pix2pixhd" / f"seed{s}.json").read_text())["metrics"]["psnr_lesion"]
              for s in range(3)]
     assert f"{np.mean(diffs):+.2f} [" in row  # fundus2video - pix2pixhd, about +1 dB
+
+
+def test_the_case_by_case_table_judges_each_lesion_against_the_constant(tmp_path):
+    """A model that copies each real curve is closer than the constant on every lesion; one that draws the
+    constant's course for every lesion never is, however its set means come out."""
+    (tmp_path / "v2.yaml").write_text(SPEC)
+    spec = load_study(str(tmp_path / "v2.yaml"))
+    results = tmp_path / "results"
+    _write_units(spec, results, {"fundus2video": (16.0, 0.4), "pix2pixhd": (15.0, 0.1), "lesion_mask": (16.0, 0.4)},
+                 noise=0.05)
+    rng = np.random.default_rng(1)
+    for arm in ("fundus2video", "pix2pixhd"):
+        for seed in spec.seeds:
+            path = results / arm / f"seed{seed}.json"
+            unit = json.loads(path.read_text())
+            unit["metrics"].update({"const_rise_leakage": 0.2, "const_rise_blocked": -0.1})
+            cases = []
+            for i in range(4):
+                kinds = {}
+                for kind, const in (("leakage", 0.2), ("blocked", -0.1)):
+                    real = [0.3, 0.3 + const + rng.normal(0, 0.1)]
+                    fake = real if arm == "fundus2video" else [0.0, const]  # rise: exactly the constant
+                    kinds[kind] = {"real": real, "fake": fake, "px": 20}
+                cases.append({"case_id": f"phantom{i:04d}", "kinds": kinds})
+            unit["kinetics_cases"] = cases
+            path.write_text(json.dumps(unit))
+    md = build_report(spec, results).read_text()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines()
+            if line.startswith("| ") and line.endswith(" | 8 |")}
+    assert rows["fundus2video"][1:3] == ["100, 100, 100, 100, 100", "100"]
+    assert rows["pix2pixhd"][1:3] == ["0, 0, 0, 0, 0", "0"] and rows["pix2pixhd"][3] == "0.150"  # consts 0.2, -0.1
+    assert "lesion_mask" not in rows  # no per-case curves: no row
