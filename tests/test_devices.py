@@ -10,6 +10,7 @@ from fundus2video.errors import UserError
 @pytest.mark.parametrize("text, expected", [("cpu", "cpu"), ("cpu:0", "cpu"), ("cuda:3", "cuda"), ("mps", "mps")])
 def test_device_type_is_the_kind_autocast_takes(text, expected):
     assert device_type(text) == expected == device_type(torch.device(text))
+    assert device_type("tpu:1") == "tpu"  # not torch's: left for check_device to refuse
 
 
 def test_the_cpu_with_an_index_is_the_cpu_map_location_knows():

@@ -33,8 +33,12 @@ def check_device(device: str | torch.device, flag: str = "device") -> torch.devi
 
 
 def device_type(device: str | torch.device) -> str:
-    """"cpu", "cuda" or "mps" of a device or its string (what torch.autocast takes)."""
-    return torch.device(device).type
+    """"cpu", "cuda" or "mps" of a device or its string (what torch.autocast takes). A string torch cannot
+    parse gives its part before ":", so that `check_device` is the one to refuse it, in one line."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        return str(device).split(":")[0]
 
 
 def default_device() -> str:
