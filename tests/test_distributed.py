@@ -165,28 +165,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
-    """torchrun --nnodes=2 on 127.0.0.1, one process per "node": every rank has RANK set and none shares
-    a process with rank 0, so each could make a run directory (and a wandb run) of its own. Rank 0
-    makes it and posts it in torchrun's store; the other node uses it; one `latest`, one wandb run."""
-    out, port = tmp_path / "out", _free_port()
-    out.mkdir()
-    torchrun = Path(sys.executable).with_name("torchrun")
-    procs = [subprocess.Popen(
-        [str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
-         f"--master-port={port}", str(SCRIPT), str(out), *FULL, "trainer.devices=1", "trainer.num_nodes=2",
-         "logging.wandb=offline"],
-        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(out)}) for node in (0, 1)]
+def _two_processes(out: Path, commands: list[list[str]], envs: list[dict], what: str) -> str:
+    """Start both ranks (each in a session of its own), wait for both under a hard limit, check they
+    ended well, and return the run directory both used: one directory, one `latest`, one wandb run,
+    and identical parameters on both ranks."""
+    procs = [subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                              env=env) for cmd, env in zip(commands, envs)]
     try:
         outputs = [p.communicate(timeout=420)[0].decode(errors="replace") for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("torchrun did not end within 420 s")
+        pytest.fail(f"{what} did not end within 420 s")
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
     runs = out / "runs" / "smoke"
     made = sorted(p.name for p in runs.iterdir() if not p.is_symlink() and not p.name.startswith("."))
     assert len(made) == 1 and {r["run_dir"] for r in ranks} == {str(runs / made[0])}, made
@@ -195,6 +188,24 @@ def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
     assert len(wandb_runs) == 1, wandb_runs
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
+    return made[0]
+
+
+TWO_NODES = [*FULL, "trainer.devices=1", "trainer.num_nodes=2", "logging.wandb=offline"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_make_one_run_directory_and_one_wandb_run(tmp_path):
+    """torchrun --nnodes=2 on 127.0.0.1, one process per "node": every rank has RANK set and none shares
+    a process with rank 0, so each could make a run directory (and a wandb run) of its own. Rank 0
+    makes it and posts it in torchrun's store; the other node uses it; one `latest`, one wandb run."""
+    out, port = tmp_path / "out", _free_port()
+    out.mkdir()
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(out)}
+    _two_processes(out, [[str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}",
+                          "--master-addr=127.0.0.1", f"--master-port={port}", str(SCRIPT), str(out), *TWO_NODES]
+                         for node in (0, 1)], [env, env], "torchrun")
 
 
 @pytest.mark.slow
@@ -209,28 +220,10 @@ def test_a_slurm_job_of_two_tasks_makes_one_run_directory_and_one_wandb_run(tmp_
     job = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "fundus2video", "SLURM_NTASKS": "2",
            "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_NODELIST": "127.0.0.1", "SLURM_LOCALID": "0",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WANDB_SILENT": "true", "WANDB_DIR": str(out)}
-    procs = [subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), *FULL, "trainer.devices=1", "trainer.num_nodes=2",
-         "logging.wandb=offline"],
-        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**base, **job, "SLURM_PROCID": str(task), "SLURM_NODEID": str(task)}) for task in (0, 1)]
-    try:
-        outputs = [p.communicate(timeout=420)[0].decode(errors="replace") for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("the SLURM-like job did not end within 420 s")
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    runs = out / "runs" / "smoke"
-    made = sorted(p.name for p in runs.iterdir() if not p.is_symlink() and not p.name.startswith("."))
-    assert made == ["slurm-4242"] and {r["run_dir"] for r in ranks} == {str(runs / "slurm-4242")}, made
-    assert (runs / "latest").resolve() == (runs / "slurm-4242").resolve()
-    wandb_runs = list((runs / "slurm-4242").rglob("offline-run-*"))
-    assert len(wandb_runs) == 1, wandb_runs
-    for name, value in ranks[0]["params"].items():
-        assert torch.equal(value, ranks[1]["params"][name]), name
+    made = _two_processes(out, [[sys.executable, str(SCRIPT), str(out), *TWO_NODES]] * 2,
+                          [{**base, **job, "SLURM_PROCID": str(task), "SLURM_NODEID": str(task)} for task in (0, 1)],
+                          "the SLURM-like job")
+    assert made == "slurm-4242"  # named after the job, the same on every task
 
 
 def test_the_global_rank_and_a_slurm_jobs_run_name(monkeypatch):
