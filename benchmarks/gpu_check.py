@@ -1,7 +1,9 @@
 """The GPU check: every CUDA path of the project in one command, and a summary table.
 
 Each step runs in its own processes under its own time limit: a crash, a hang or a failed check stops
-that step only (and the steps that need it are skipped, with the reason).
+that step only (and the steps that need it are skipped, with the reason). One file, though long: the
+steps call its helpers as `python benchmarks/gpu_check.py <helper>`, so a GPU machine runs the whole
+check from a checkout with nothing but this script.
 
 Steps, in order (`--steps` picks some and adds the steps they need):
   env                   torch, CUDA and cuDNN versions, the GPU, whether it has bf16
